@@ -1,0 +1,3 @@
+"""LXCoNe: system containers for OpenNebula."""
+
+__version__ = "0.1.0"
