@@ -1,0 +1,158 @@
+"""Thin, typed wrappers over the cffi module ``lxcone.native._native``.
+
+Every failing call raises ``OSError(errno, strerror, path)`` (so ``FileNotFoundError``,
+``PermissionError``... come for free) with the call name in the message; mounts raise
+``MountError`` with the flags spelled out. Nothing here changes the caller's namespaces except
+``setns``, which callers use only for CLONE_NEWNET (per-thread, allowed in threaded processes).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+from lxcone import __version__
+
+try:
+    from lxcone.native._native import ffi, lib
+except ImportError as exc:  # pragma: no cover - only on a broken install
+    raise ImportError(
+        "lxcone.native._native is not built: install the package (pip install -e .) "
+        "so the cffi extension and lxcone-monitor are compiled"
+    ) from exc
+
+_built = ffi.string(lib.LXCONE_NATIVE_VERSION).decode()
+if _built != __version__:
+    raise ImportError(
+        f"lxcone.native._native was built for lxcone {_built}, this is {__version__}: reinstall"
+    )
+
+CLONE_NEWNS: int = lib.CLONE_NEWNS
+CLONE_NEWUTS: int = lib.CLONE_NEWUTS
+CLONE_NEWIPC: int = lib.CLONE_NEWIPC
+CLONE_NEWUSER: int = lib.CLONE_NEWUSER
+CLONE_NEWPID: int = lib.CLONE_NEWPID
+CLONE_NEWNET: int = lib.CLONE_NEWNET
+CLONE_NEWCGROUP: int = lib.CLONE_NEWCGROUP
+MNT_DETACH: int = lib.MNT_DETACH
+
+MONITOR = str(Path(__file__).resolve().parent / "lxcone-monitor")
+
+_MOUNT_FLAGS = {
+    name: getattr(lib, name)
+    for name in (
+        "MS_RDONLY", "MS_NOSUID", "MS_NODEV", "MS_NOEXEC", "MS_REMOUNT", "MS_BIND",
+        "MS_MOVE", "MS_REC", "MS_PRIVATE", "MS_SLAVE", "MS_SHARED",
+    )
+}
+
+
+def _raise(call: str, path: str | None = None, path2: str | None = None) -> None:
+    err = ffi.errno
+    raise OSError(err, f"{os.strerror(err)} [{call}]", path, None, path2)
+
+
+def mount_flags_str(flags: int) -> str:
+    """Render mount flags as ``MS_BIND|MS_REC|0x...`` for error messages."""
+    names = [n for n, v in _MOUNT_FLAGS.items() if flags & v]
+    rest = flags & ~sum(v for n, v in _MOUNT_FLAGS.items() if flags & v)
+    if rest:
+        names.append(hex(rest))
+    return "|".join(names) or "0"
+
+
+class MountError(OSError):
+    """A failed mount(2), with everything needed to see why."""
+
+    def __init__(self, err: int, source: str | None, target: str, fstype: str | None,
+                 flags: int, data: str | None) -> None:
+        super().__init__(err, os.strerror(err), target)
+        self.source, self.target, self.fstype, self.flags, self.data = (
+            source, target, fstype, flags, data)
+
+    def __str__(self) -> str:
+        return (f"[Errno {self.errno}] {self.strerror}: mount src={self.source} dst={self.target}"
+                f" type={self.fstype} flags={mount_flags_str(self.flags)} data={self.data}")
+
+
+def setns(fd: int, nstype: int) -> None:
+    """Join the namespace open on ``fd``; ``nstype`` must name its type (never 0)."""
+    if lib.setns(fd, nstype) < 0:
+        _raise(f"setns({nstype:#x})", f"fd {fd}")
+
+
+def unshare(flags: int) -> None:
+    """unshare(2) in the calling process (only safe in a single-threaded child)."""
+    if lib.unshare(flags) < 0:
+        _raise(f"unshare({flags:#x})")
+
+
+def mount(source: str | None, target: str, fstype: str | None = None, flags: int = 0,
+          data: str | None = None) -> None:
+    """mount(2); raises MountError."""
+    c = ffi.NULL
+    src = source.encode() if source is not None else c
+    typ = fstype.encode() if fstype is not None else c
+    dat = data.encode() if data is not None else c
+    if lib.mount(src, target.encode(), typ, flags, dat) < 0:
+        raise MountError(ffi.errno, source, target, fstype, flags, data)
+
+
+def umount(target: str, flags: int = 0) -> None:
+    """umount2(2)."""
+    if lib.umount2(target.encode(), flags) < 0:
+        _raise("umount2", target)
+
+
+def pidfd_open(pid: int) -> int:
+    """A pidfd for ``pid`` (close it with os.close); ProcessLookupError if it is gone."""
+    fd = lib.lxcone_pidfd_open(pid, 0)
+    if fd < 0:
+        _raise("pidfd_open", f"pid {pid}")
+    return fd
+
+
+def pidfd_send_signal(pidfd: int, sig: int) -> None:
+    """Signal the process behind ``pidfd``: never a recycled pid."""
+    if lib.lxcone_pidfd_send_signal(pidfd, sig, 0) < 0:
+        _raise(f"pidfd_send_signal({sig})", f"pidfd {pidfd}")
+
+
+def _cstrings(items: Sequence[str], keep: list) -> object:
+    arr = ffi.new("char *[]", len(items) + 1)
+    for i, item in enumerate(items):
+        s = ffi.new("char[]", item.encode())
+        keep.append(s)
+        arr[i] = s
+    arr[len(items)] = ffi.NULL
+    keep.append(arr)
+    return arr
+
+
+def attach(pid: int, argv: Sequence[str], env: Sequence[str], procs: Sequence[str] = (),
+           cwd: str = "/", uid: int = 0, gid: int = 0, stdin: int = -1, stdout: int = -1,
+           stderr: int = -1) -> int:
+    """Start ``argv`` inside every namespace and cgroup of the container whose init is ``pid``.
+
+    Returns the command's pid, a child of the caller: reap it with ``os.waitpid``. Raises
+    OSError with the failing step (``setns mnt``, ``execve``...) and errno.
+    """
+    if not argv:
+        raise ValueError("attach needs a command")
+    keep: list = []
+    a = ffi.new("struct lxcone_attach *")
+    a.pid = pid
+    a.argv = _cstrings(argv, keep)
+    a.envp = _cstrings(env, keep)
+    a.procs = _cstrings(procs, keep)
+    a.n_procs = len(procs)
+    cwd_c = ffi.new("char[]", cwd.encode())
+    a.cwd = cwd_c
+    a.uid, a.gid = uid, gid
+    a.stdin_fd, a.stdout_fd, a.stderr_fd = stdin, stdout, stderr
+    ret = lib.lxcone_attach_run(a)
+    if ret < 0:
+        step = ffi.string(a.err).decode(errors="replace")
+        raise OSError(-ret, f"{os.strerror(-ret)} [attach: {step}]", argv[0])
+    return ret

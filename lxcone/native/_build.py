@@ -1,0 +1,99 @@
+"""cffi out-of-line API-mode build of ``lxcone.native._native`` (run at install time).
+
+Declarations live here; the C lives in ``csrc/``. Constants are ``#define X ...`` so the compiler
+supplies their values from the kernel headers of the build machine.
+"""
+
+from pathlib import Path
+
+from cffi import FFI
+
+CSRC = Path(__file__).resolve().parent / "csrc"
+
+CDEF = """
+#define CLONE_NEWNS ...
+#define CLONE_NEWUTS ...
+#define CLONE_NEWIPC ...
+#define CLONE_NEWUSER ...
+#define CLONE_NEWPID ...
+#define CLONE_NEWNET ...
+#define CLONE_NEWCGROUP ...
+#define MS_RDONLY ...
+#define MS_NOSUID ...
+#define MS_NODEV ...
+#define MS_NOEXEC ...
+#define MS_REMOUNT ...
+#define MS_BIND ...
+#define MS_MOVE ...
+#define MS_REC ...
+#define MS_PRIVATE ...
+#define MS_SLAVE ...
+#define MS_SHARED ...
+#define MNT_DETACH ...
+#define MNT_FORCE ...
+#define OPEN_TREE_CLONE ...
+#define OPEN_TREE_CLOEXEC ...
+#define AT_RECURSIVE ...
+#define AT_EMPTY_PATH ...
+#define MOVE_MOUNT_F_EMPTY_PATH ...
+#define MOVE_MOUNT_T_EMPTY_PATH ...
+
+int setns(int fd, int nstype);
+int unshare(int flags);
+int mount(const char *source, const char *target, const char *fstype,
+          unsigned long flags, const void *data);
+int umount2(const char *target, int flags);
+int sethostname(const char *name, size_t len);
+int lxcone_pivot_root(const char *new_root, const char *put_old);
+int lxcone_open_tree(int dfd, const char *path, unsigned int flags);
+int lxcone_move_mount(int from_dfd, const char *from_path, int to_dfd, const char *to_path,
+                      unsigned int flags);
+int lxcone_mount_setattr_idmap(int dfd, const char *path, unsigned int flags, int userns_fd);
+int lxcone_pidfd_open(int pid, unsigned int flags);
+int lxcone_pidfd_send_signal(int pidfd, int sig, unsigned int flags);
+
+struct lxcone_attach {
+    int pid;
+    const char *const *procs;
+    int n_procs;
+    char *const *argv;
+    char *const *envp;
+    const char *cwd;
+    int uid, gid;
+    int stdin_fd, stdout_fd, stderr_fd;
+    char err[256];
+};
+int lxcone_attach_run(struct lxcone_attach *a);
+
+static const char LXCONE_NATIVE_VERSION[];
+"""
+
+ffibuilder = FFI()
+ffibuilder.cdef(CDEF)
+
+
+def _version() -> str:
+    for line in (CSRC.parent.parent / "__init__.py").read_text().splitlines():
+        if line.startswith("__version__"):
+            return line.split("=", 1)[1].strip().strip('"')
+    raise RuntimeError("lxcone/__init__.py has no __version__")
+
+
+ffibuilder.set_source(
+    "lxcone.native._native",
+    f"""
+#include <sched.h>
+#include <sys/mount.h>
+#include <fcntl.h>
+#include "syscalls.h"
+#include "attach.h"
+static const char LXCONE_NATIVE_VERSION[] = "{_version()}";
+""",
+    # setuptools wants these relative to setup.py (the build always runs from the repo root)
+    sources=["lxcone/native/csrc/attach.c"],
+    include_dirs=["lxcone/native/csrc"],
+    extra_compile_args=["-O2", "-Wall"],
+)
+
+if __name__ == "__main__":
+    ffibuilder.compile(verbose=True)

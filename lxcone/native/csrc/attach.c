@@ -1,0 +1,205 @@
+/* The lxc-attach equivalent. Joining a mount or user namespace is refused to a multithreaded
+ * process (setns(2)), so the caller never changes: a fresh single-threaded child joins, then
+ * clones the command with CLONE_PARENT so the caller can wait for it and see its real status,
+ * and the joining child exits at once. No libc call that may take a lock runs after the clone:
+ * the caller may be a threaded Python whose malloc lock was held at that instant. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "attach.h"
+#include "syscalls.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+
+static const struct {
+    const char *name;
+    int type;
+} ns_order[] = {
+    /* user last: joining it drops the host capabilities the other joins need; pid first only
+     * affects children, which is exactly the command we clone next. */
+    {"pid", CLONE_NEWPID}, {"net", CLONE_NEWNET}, {"uts", CLONE_NEWUTS}, {"ipc", CLONE_NEWIPC},
+    {"cgroup", CLONE_NEWCGROUP}, {"mnt", CLONE_NEWNS}, {"user", CLONE_NEWUSER},
+};
+#define N_NS (int)(sizeof(ns_order) / sizeof(ns_order[0]))
+
+static void report(int fd, int err, const char *call)
+{
+    char buf[128];
+    int n = snprintf(buf, sizeof(buf), "%d %s", err, call);
+    if (write(fd, buf, (size_t)n) < 0) {
+        /* nobody to tell */
+    }
+    _exit(127);
+}
+
+static void exec_in_path(char *const *argv, char *const *envp)
+{
+    const char *path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    char buf[4096];
+    if (strchr(argv[0], '/')) {
+        execve(argv[0], argv, envp);
+        return;
+    }
+    for (char *const *e = envp; *e; e++)
+        if (!strncmp(*e, "PATH=", 5))
+            path = *e + 5;
+    int saved = ENOENT;
+    while (*path) {
+        const char *end = strchrnul(path, ':');
+        size_t dl = (size_t)(end - path), al = strlen(argv[0]);
+        if (dl + al + 2 <= sizeof(buf)) {
+            memcpy(buf, path, dl);
+            buf[dl] = '/';
+            memcpy(buf + dl + 1, argv[0], al + 1);
+            execve(buf, argv, envp);
+            if (errno != ENOENT && errno != ENOTDIR)
+                saved = errno; /* e.g. EACCES: keep it, as execvp does */
+        }
+        path = *end ? end + 1 : end;
+    }
+    errno = saved;
+}
+
+int lxcone_attach_run(struct lxcone_attach *a)
+{
+    int nsfd[N_NS], errpipe[2], pidpipe[2];
+    char path[64];
+    struct stat mine, theirs;
+    int ret = -EINVAL;
+
+    a->err[0] = 0;
+    for (int i = 0; i < N_NS; i++) {
+        nsfd[i] = -1;
+        snprintf(path, sizeof(path), "/proc/%d/ns/%s", a->pid, ns_order[i].name);
+        int fd = open(path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) {
+            ret = -errno;
+            snprintf(a->err, sizeof(a->err), "open %s", path);
+            goto out;
+        }
+        snprintf(path, sizeof(path), "/proc/self/ns/%s", ns_order[i].name);
+        /* A namespace the container shares with us (no user ns for a privileged container)
+         * must not be joined: setns into one's own user namespace fails with EINVAL. */
+        if (fstat(fd, &theirs) == 0 && stat(path, &mine) == 0 && mine.st_ino == theirs.st_ino &&
+            mine.st_dev == theirs.st_dev) {
+            close(fd);
+            continue;
+        }
+        nsfd[i] = fd;
+    }
+    int procfd[16];
+    int n_procs = a->n_procs < 16 ? a->n_procs : 16;
+    for (int i = 0; i < n_procs; i++) {
+        procfd[i] = open(a->procs[i], O_WRONLY | O_CLOEXEC);
+        if (procfd[i] < 0) {
+            ret = -errno;
+            snprintf(a->err, sizeof(a->err), "open %s", a->procs[i]);
+            while (i-- > 0)
+                close(procfd[i]);
+            goto out;
+        }
+    }
+    if (pipe2(errpipe, O_CLOEXEC) < 0 || pipe2(pidpipe, O_CLOEXEC) < 0) {
+        ret = -errno;
+        snprintf(a->err, sizeof(a->err), "pipe2");
+        goto out_procs;
+    }
+    struct lxcone_clone_args args = {.exit_signal = SIGCHLD};
+    pid_t mid = (pid_t)lxcone_clone3(&args);
+    if (mid < 0) {
+        ret = -errno;
+        snprintf(a->err, sizeof(a->err), "clone3");
+        close(errpipe[0]);
+        close(errpipe[1]);
+        close(pidpipe[0]);
+        close(pidpipe[1]);
+        goto out_procs;
+    }
+    if (mid == 0) {
+        close(errpipe[0]);
+        close(pidpipe[0]);
+        for (int i = 0; i < n_procs; i++)
+            if (write(procfd[i], "0", 1) != 1)
+                report(errpipe[1], errno, "write cgroup.procs");
+        for (int i = 0; i < N_NS; i++)
+            if (nsfd[i] >= 0 && setns(nsfd[i], ns_order[i].type) < 0)
+                report(errpipe[1], errno, ns_order[i].name);
+        if (chdir(a->cwd ? a->cwd : "/") < 0)
+            report(errpipe[1], errno, "chdir");
+        if (nsfd[N_NS - 1] >= 0 || a->uid || a->gid) {
+            if (setgroups(0, NULL) < 0)
+                report(errpipe[1], errno, "setgroups");
+            if (setresgid((gid_t)a->gid, (gid_t)a->gid, (gid_t)a->gid) < 0)
+                report(errpipe[1], errno, "setresgid");
+            if (setresuid((uid_t)a->uid, (uid_t)a->uid, (uid_t)a->uid) < 0)
+                report(errpipe[1], errno, "setresuid");
+        }
+        struct lxcone_clone_args a2 = {.flags = CLONE_PARENT};
+        pid_t cmd = (pid_t)lxcone_clone3(&a2);
+        if (cmd < 0)
+            report(errpipe[1], errno, "clone3");
+        if (cmd == 0) {
+            int fds[3] = {a->stdin_fd, a->stdout_fd, a->stderr_fd};
+            /* dup up first so a low source fd is not clobbered by an earlier dup2 */
+            for (int i = 0; i < 3; i++)
+                if (fds[i] >= 0 && fds[i] < 3 && fds[i] != i)
+                    fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
+            for (int i = 0; i < 3; i++)
+                if (fds[i] >= 0 && fds[i] != i && dup2(fds[i], i) < 0)
+                    report(errpipe[1], errno, "dup2");
+            sigset_t none;
+            sigemptyset(&none);
+            sigprocmask(SIG_SETMASK, &none, NULL);
+            lxcone_close_range(3, (unsigned)errpipe[1] - 1, 0);
+            lxcone_close_range((unsigned)errpipe[1] + 1, ~0U, 0);
+            exec_in_path(a->argv, a->envp);
+            report(errpipe[1], errno, "execve");
+        }
+        char buf[16];
+        int n = snprintf(buf, sizeof(buf), "%d", cmd);
+        _exit(write(pidpipe[1], buf, (size_t)n) == n ? 0 : 1);
+    }
+    close(errpipe[1]);
+    close(pidpipe[1]);
+    int status;
+    while (waitpid(mid, &status, __WALL) < 0 && errno == EINTR) {
+    }
+    char buf[128] = "";
+    ssize_t n = read(pidpipe[0], buf, sizeof(buf) - 1);
+    pid_t cmd = n > 0 ? (pid_t)strtol(buf, NULL, 10) : -1;
+    close(pidpipe[0]);
+    /* EOF here means the command exec'd (the pipe is CLOEXEC); text means a step failed. */
+    memset(buf, 0, sizeof(buf));
+    size_t used = 0;
+    while ((n = read(errpipe[0], buf + used, sizeof(buf) - 1 - used)) > 0)
+        used += (size_t)n;
+    close(errpipe[0]);
+    if (used > 0) {
+        char *sp = strchr(buf, ' ');
+        ret = -(int)strtol(buf, NULL, 10);
+        snprintf(a->err, sizeof(a->err), "%s", sp ? sp + 1 : "attach");
+        if (cmd > 0)
+            while (waitpid(cmd, &status, 0) < 0 && errno == EINTR) {
+            }
+    } else if (cmd <= 0) {
+        ret = -ECHILD;
+        snprintf(a->err, sizeof(a->err), "attach helper");
+    } else {
+        ret = cmd;
+    }
+out_procs:
+    for (int i = 0; i < n_procs; i++)
+        close(procfd[i]);
+out:
+    for (int i = 0; i < N_NS; i++)
+        if (nsfd[i] >= 0)
+            close(nsfd[i]);
+    return ret;
+}

@@ -1,0 +1,22 @@
+#ifndef LXCONE_ATTACH_H
+#define LXCONE_ATTACH_H
+
+/* Run a command inside a running container: its cgroups, then all of its namespaces. */
+struct lxcone_attach {
+    int pid;                  /* the container's init, as seen from the caller */
+    const char *const *procs; /* cgroup.procs files to enter */
+    int n_procs;
+    char *const *argv;        /* argv[0] is looked up in PATH from envp if it has no slash */
+    char *const *envp;
+    const char *cwd;
+    int uid, gid;             /* inside the container */
+    int stdin_fd, stdout_fd, stderr_fd;
+    char err[256];            /* on failure: "<call> <path>" */
+};
+
+/* Returns the pid of the command, a child of the caller (reap it with waitpid), or -errno with
+ * a->err naming the failing call. Safe to call from a multithreaded process: the children only
+ * make raw syscalls until exec. */
+int lxcone_attach_run(struct lxcone_attach *a);
+
+#endif

@@ -1,0 +1,337 @@
+/* The work between clone and exec: mounts, pivot_root, hostname, console, exec of init.
+ * Runs in a single-threaded child of lxcone-monitor, so plain libc is safe here; every failure is
+ * reported to the monitor with the call, the path and errno, never swallowed. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "container.h"
+#include "syscalls.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <linux/capability.h>
+
+static int g_sync = -1;
+
+static void fail(const char *call, const char *path)
+{
+    int err = errno;
+    dprintf(g_sync, "error %d %s %s\n", err, call, path ? path : "-");
+    _exit(1);
+}
+
+#define CHECK(expr, call, path) do { if ((expr) < 0) fail(call, path); } while (0)
+
+/* Opens a path inside the container root without ever leaving it: a hostile rootfs may hold
+ * symlinks such as proc -> /etc, and in a privileged container following them would mount over
+ * the host's files. RESOLVE_IN_ROOT treats the rootfs as "/" for every component. */
+static int open_in_root(int rootfd, const char *rel, int flags)
+{
+    return lxcone_openat2(rootfd, rel, (uint64_t)(flags | O_CLOEXEC),
+                          RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS);
+}
+
+static void ensure_dir(int rootfd, const char *rel)
+{
+    if (mkdirat(rootfd, rel, 0755) < 0 && errno != EEXIST)
+        fail("mkdir", rel);
+}
+
+static void ensure_file(int rootfd, const char *rel)
+{
+    int fd = openat(rootfd, rel, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
+    if (fd < 0 && errno != EEXIST && errno != EISDIR)
+        fail("create", rel);
+    if (fd >= 0)
+        close(fd);
+}
+
+/* mount(2) onto a target inside the root, through its O_PATH fd (the runc way: the magic link
+ * /proc/self/fd/N names exactly the inode we resolved, so nothing can be swapped in between). */
+static void mount_at(int rootfd, const char *rel, const char *src, const char *type,
+                     unsigned long flags, const char *data)
+{
+    char target[64];
+    int fd = open_in_root(rootfd, rel, O_PATH);
+    if (fd < 0)
+        fail("open", rel);
+    snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
+    if (mount(src, target, type, flags, data) < 0)
+        fail(type ? type : "mount --bind", rel);
+    close(fd);
+}
+
+static void bind_ro(int rootfd, const char *rel, unsigned long locked)
+{
+    char target[64];
+    int fd = open_in_root(rootfd, rel, O_PATH);
+    if (fd < 0) {
+        if (errno == ENOENT)
+            return; /* masking something the kernel does not have is fine */
+        fail("open", rel);
+    }
+    snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
+    if (mount(target, target, NULL, MS_BIND | MS_REC, NULL) < 0)
+        fail("mount --bind", rel);
+    /* The fd still names the mount underneath; the remount must reach the new bind. */
+    close(fd);
+    fd = open_in_root(rootfd, rel, O_PATH);
+    if (fd < 0)
+        fail("open", rel);
+    snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
+    /* In a user namespace a remount must repeat the locked flags (nosuid, nodev, noexec) of the
+     * mount it came from, or the kernel refuses it with EPERM. */
+    if (mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | locked, NULL) < 0)
+        fail("mount -o remount,ro", rel);
+    close(fd);
+}
+
+/* runc's masked paths: kernel interfaces that leak host data or let a container poke the host. */
+static const char *masked_files[] = {
+    "proc/kcore", "proc/keys", "proc/latency_stats", "proc/timer_list", "proc/timer_stats",
+    "proc/sched_debug", "proc/sysrq-trigger", NULL,
+};
+static const char *masked_dirs[] = {"proc/acpi", "proc/scsi", "sys/firmware", NULL};
+
+static void mask_paths(int rootfd)
+{
+    for (const char **p = masked_files; *p; p++) {
+        int fd = open_in_root(rootfd, *p, O_PATH);
+        if (fd < 0)
+            continue;
+        char target[64];
+        snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
+        if (mount("/dev/null", target, NULL, MS_BIND, NULL) < 0)
+            fail("mount --bind /dev/null", *p);
+        close(fd);
+    }
+    for (const char **p = masked_dirs; *p; p++) {
+        int fd = open_in_root(rootfd, *p, O_PATH | O_DIRECTORY);
+        if (fd < 0)
+            continue;
+        char target[64];
+        snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
+        if (mount("tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                  "size=0") < 0)
+            fail("mount tmpfs (mask)", *p);
+        close(fd);
+    }
+}
+
+static const char *dev_nodes[] = {"null", "zero", "full", "random", "urandom", "tty", NULL};
+
+static void setup_dev(int rootfd, const char *console_path)
+{
+    char src[64], rel[64];
+    ensure_dir(rootfd, "dev");
+    mount_at(rootfd, "dev", "tmpfs", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k");
+    int devfd = open_in_root(rootfd, "dev", O_PATH | O_DIRECTORY);
+    if (devfd < 0)
+        fail("open", "dev");
+    /* mknod is refused inside a user namespace, so every node is a bind of the host's. */
+    for (const char **n = dev_nodes; *n; n++) {
+        snprintf(rel, sizeof(rel), "dev/%s", *n);
+        snprintf(src, sizeof(src), "/dev/%s", *n);
+        ensure_file(rootfd, rel);
+        mount_at(rootfd, rel, src, NULL, MS_BIND, NULL);
+    }
+    ensure_file(rootfd, "dev/console");
+    /* By path: the fd we were sent belongs to the monitor's mount namespace, and bind mounts
+     * from another namespace's mount fail with EINVAL; our copy of /dev/pts has the same pty. */
+    mount_at(rootfd, "dev/console", console_path, NULL, MS_BIND, NULL);
+    ensure_dir(rootfd, "dev/pts");
+    mount_at(rootfd, "dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
+             "newinstance,ptmxmode=0666,mode=0620,gid=5");
+    ensure_dir(rootfd, "dev/shm");
+    mount_at(rootfd, "dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+             "mode=1777,size=65536k");
+    ensure_dir(rootfd, "dev/mqueue");
+    const char *links[][2] = {{"pts/ptmx", "ptmx"}, {"/proc/self/fd", "fd"},
+                              {"/proc/self/fd/0", "stdin"}, {"/proc/self/fd/1", "stdout"},
+                              {"/proc/self/fd/2", "stderr"}, {NULL, NULL}};
+    for (int i = 0; links[i][0]; i++)
+        if (symlinkat(links[i][0], devfd, links[i][1]) < 0 && errno != EEXIST)
+            fail("symlink", links[i][1]);
+    close(devfd);
+}
+
+static void setup_proc_sys(int rootfd)
+{
+    const unsigned long locked = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+    ensure_dir(rootfd, "proc");
+    mount_at(rootfd, "proc", "proc", "proc", locked, NULL);
+    /* proc:mixed as LXC does: /proc/sys read-only but /proc/sys/net writable, it belongs to the
+     * container's own network namespace and init scripts set it. The net bind comes first: a
+     * bind made under the read-only one would inherit its read-only flag, while the recursive
+     * read-only bind below copies this one as it is and remounts only its own top. */
+    int fd = open_in_root(rootfd, "proc/sys/net", O_PATH);
+    if (fd >= 0) {
+        char target[64];
+        snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
+        if (mount(target, target, NULL, MS_BIND, NULL) < 0)
+            fail("mount --bind", "proc/sys/net");
+        close(fd);
+    }
+    bind_ro(rootfd, "proc/sys", locked);
+    bind_ro(rootfd, "proc/sysrq-trigger", locked);
+    ensure_dir(rootfd, "sys");
+    /* A fresh sysfs shows the network devices of the mounting process's netns: ours. */
+    mount_at(rootfd, "sys", "sysfs", "sysfs", locked | MS_RDONLY, NULL);
+    mask_paths(rootfd);
+}
+
+static void setup_binds(const struct lxcone_ct *ct, int rootfd, const struct lxcone_child_fds *fds)
+{
+    for (int i = 0; i < ct->n_binds; i++) {
+        const struct lxcone_bind *b = &ct->binds[i];
+        struct stat st;
+        if (fstat(fds->binds[i], &st) < 0)
+            fail("fstat", b->source);
+        if (S_ISDIR(st.st_mode))
+            ensure_dir(rootfd, b->target);
+        else
+            ensure_file(rootfd, b->target);
+        int fd = open_in_root(rootfd, b->target, O_PATH);
+        if (fd < 0)
+            fail("open", b->target);
+        if (lxcone_move_mount(fds->binds[i], "", fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
+            fail("move_mount", b->target);
+        close(fd);
+        if (b->readonly) {
+            fd = open_in_root(rootfd, b->target, O_PATH);
+            if (fd < 0)
+                fail("open", b->target);
+            char target[64];
+            snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
+            if (mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL) < 0)
+                fail("mount -o remount,ro", b->target);
+            close(fd);
+        }
+    }
+}
+
+/* Capabilities no system container should have even as its own root (LXC's default drop list):
+ * loading modules, setting the host clock, and the MAC policy knobs. */
+static const int dropped_caps[] = {CAP_SYS_MODULE, CAP_SYS_TIME, CAP_MAC_ADMIN, CAP_MAC_OVERRIDE,
+                                   CAP_SYS_RAWIO, -1};
+
+void lxcone_child_main(const struct lxcone_ct *ct, int sync_fd)
+{
+    struct lxcone_child_fds fds;
+    int userns = (ct->ns_flags & CLONE_NEWUSER) != 0 || ct->n_uid_map > 0;
+    g_sync = sync_fd;
+    /* exec keeps the signal mask, and the monitor blocks the signals it reads via signalfd: an
+     * init started with SIGTERM/SIGCHLD blocked would neither stop nor reap. */
+    sigset_t none;
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+
+    if (lxcone_recv_go(sync_fd, &fds, ct->n_binds) < 0)
+        fail("recv go", ct->name);
+    if (userns) {
+        /* The monitor wrote uid_map/gid_map before the go-ahead, so 0 is mapped now. */
+        CHECK(setresgid(0, 0, 0), "setresgid", "0");
+        CHECK(setresuid(0, 0, 0), "setresuid", "0");
+        CHECK(setgroups(0, NULL), "setgroups", "0");
+    }
+    /* Nothing we mount may propagate back to the host, while host unmounts still reach us. */
+    CHECK(mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL), "mount --make-rslave", "/");
+    CHECK(lxcone_move_mount(fds.rootfs, "", AT_FDCWD, ct->rootfs, MOVE_MOUNT_F_EMPTY_PATH),
+          "move_mount", ct->rootfs);
+    int rootfd = open(ct->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (rootfd < 0)
+        fail("open", ct->rootfs);
+
+    setup_proc_sys(rootfd);
+    setup_dev(rootfd, ct->console_path);
+    ensure_dir(rootfd, "run");
+    mount_at(rootfd, "run", "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=65536k");
+    setup_binds(ct, rootfd, &fds);
+
+    /* pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves only
+     * the container's tree, with no directory created in the rootfs for the old root. */
+    CHECK(fchdir(rootfd), "fchdir", ct->rootfs);
+    CHECK(lxcone_pivot_root(".", "."), "pivot_root", ct->rootfs);
+    CHECK(umount2(".", MNT_DETACH), "umount2", "old root");
+    CHECK(chdir("/"), "chdir", "/");
+    close(rootfd);
+
+    if (ct->hostname)
+        CHECK(sethostname(ct->hostname, strlen(ct->hostname)), "sethostname", ct->hostname);
+
+    CHECK(setsid(), "setsid", "-");
+    CHECK(ioctl(fds.console, TIOCSCTTY, 0), "ioctl TIOCSCTTY", "/dev/console");
+    for (int i = 0; i < 3; i++)
+        CHECK(dup2(fds.console, i), "dup2", "/dev/console");
+    for (const int *c = dropped_caps; *c >= 0; c++)
+        if (prctl(PR_CAPBSET_DROP, *c, 0, 0, 0) < 0 && errno != EINVAL)
+            fail("prctl PR_CAPBSET_DROP", "-");
+    /* Keep only stdio and the sync socket (it is CLOEXEC: exec closing it is our success signal). */
+    if (sync_fd > 3)
+        lxcone_close_range(3, (unsigned)sync_fd - 1, 0);
+    lxcone_close_range((unsigned)sync_fd + 1, ~0U, 0);
+    execve(ct->argv[0], ct->argv, ct->envp);
+    fail("execve", ct->argv[0]);
+}
+
+int lxcone_send_go(int sock, const struct lxcone_child_fds *fds, int n_binds)
+{
+    int all[LXCONE_MAX_BINDS + 2];
+    int n = 0;
+    all[n++] = fds->rootfs;
+    all[n++] = fds->console;
+    for (int i = 0; i < n_binds; i++)
+        all[n++] = fds->binds[i];
+    char cbuf[CMSG_SPACE(sizeof(all))];
+    memset(cbuf, 0, sizeof(cbuf));
+    char byte = 'g';
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                         .msg_controllen = CMSG_SPACE(sizeof(int) * n)};
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    c->cmsg_level = SOL_SOCKET;
+    c->cmsg_type = SCM_RIGHTS;
+    c->cmsg_len = CMSG_LEN(sizeof(int) * n);
+    memcpy(CMSG_DATA(c), all, sizeof(int) * n);
+    return sendmsg(sock, &msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
+}
+
+int lxcone_recv_go(int sock, struct lxcone_child_fds *fds, int n_binds)
+{
+    int all[LXCONE_MAX_BINDS + 2];
+    int n = n_binds + 2;
+    char cbuf[CMSG_SPACE(sizeof(all))];
+    char byte = 0;
+    struct iovec iov = {.iov_base = &byte, .iov_len = 1};
+    struct msghdr msg = {.msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+                         .msg_controllen = CMSG_SPACE(sizeof(int) * n)};
+    ssize_t r;
+    do
+        r = recvmsg(sock, &msg, MSG_CMSG_CLOEXEC);
+    while (r < 0 && errno == EINTR);
+    if (r != 1 || byte != 'g') {
+        if (r == 0)
+            errno = ECONNABORTED; /* the monitor gave up (the runtime aborted the start) */
+        return -1;
+    }
+    struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+    if (!c || c->cmsg_type != SCM_RIGHTS || c->cmsg_len != CMSG_LEN(sizeof(int) * n)) {
+        errno = EPROTO;
+        return -1;
+    }
+    memcpy(all, CMSG_DATA(c), sizeof(int) * n);
+    fds->rootfs = all[0];
+    fds->console = all[1];
+    for (int i = 0; i < n_binds; i++)
+        fds->binds[i] = all[2 + i];
+    return 0;
+}

@@ -1,0 +1,578 @@
+/* lxcone-monitor: one per running container, the parent of its init.
+ *
+ * Why a process at all: only a parent sees how init ended, and in a PID namespace reboot(2) is
+ * reported as init dying of SIGHUP (halt and poweroff as SIGINT, see pid_namespaces(7)); without a
+ * parent waiting for that, a container whose init reboots would simply stop. Why a separate tiny
+ * executable: a forked Python process would keep its whole heap alive per container, this one
+ * costs a few hundred KiB. The runtime starts it and talks to it only during start-up:
+ *
+ *   fd 3 (monitor -> runtime): "pid <pid>\n" once init is cloned, mapped and in its cgroups,
+ *                              then "running\n" or "error <errno> <call> <path>\n"
+ *   fd 4 (runtime -> monitor): "go\n" once the runtime has plugged the NICs; EOF aborts the start
+ *
+ * Afterwards it only reaps init, restarts it on reboot (keeping the user and network namespaces,
+ * so NICs survive), logs the console to <run_dir>/console.log and serves <run_dir>/console.sock.
+ * Killing it never stops the container: init is reparented and the runtime manages it by pid. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "container.h"
+#include "syscalls.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <termios.h>
+
+#define STATUS_FD 3
+#define CONTROL_FD 4
+#define LOG_MAX (1 << 20)
+
+static struct lxcone_ct ct;
+static int status_fd = -1;
+static int userns_fd = -1, netns_fd = -1;
+static int console_master = -1, console_slave = -1;
+
+static void die(const char *call, const char *path)
+{
+    int err = errno;
+    if (status_fd >= 0)
+        dprintf(status_fd, "error %d %s %s\n", err, call, path ? path : "-");
+    else
+        fprintf(stderr, "lxcone-monitor: %s %s: %s\n", call, path ? path : "", strerror(err));
+    exit(1);
+}
+
+static char *xstrdup(const char *s)
+{
+    char *d = strdup(s);
+    if (!d)
+        die("strdup", "config");
+    return d;
+}
+
+/* Config: one "key value" per line, value = rest of the line; the runtime rejects newlines. */
+static void load_config(const char *path)
+{
+    FILE *f = fopen(path, "re");
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    if (!f)
+        die("open", path);
+    while ((len = getline(&line, &cap, f)) > 0) {
+        if (line[len - 1] == '\n')
+            line[--len] = 0;
+        char *val = strchr(line, ' ');
+        if (!val)
+            continue;
+        *val++ = 0;
+        errno = EINVAL;
+        if (!strcmp(line, "name")) ct.name = xstrdup(val);
+        else if (!strcmp(line, "rootfs")) ct.rootfs = xstrdup(val);
+        else if (!strcmp(line, "hostname")) ct.hostname = xstrdup(val);
+        else if (!strcmp(line, "run_dir")) ct.run_dir = xstrdup(val);
+        else if (!strcmp(line, "cgroup_dir")) ct.cgroup_dir = xstrdup(val);
+        else if (!strcmp(line, "ns_flags")) ct.ns_flags = strtoull(val, NULL, 10);
+        else if (!strcmp(line, "root_uid")) ct.root_uid = atoi(val);
+        else if (!strcmp(line, "tty_gid")) ct.tty_gid = atoi(val);
+        else if (!strcmp(line, "uid_map") && ct.n_uid_map < LXCONE_MAX_MAPS)
+            ct.uid_map[ct.n_uid_map++] = xstrdup(val);
+        else if (!strcmp(line, "gid_map") && ct.n_gid_map < LXCONE_MAX_MAPS)
+            ct.gid_map[ct.n_gid_map++] = xstrdup(val);
+        else if (!strcmp(line, "cgroup_procs") && ct.n_cgroup_procs < LXCONE_MAX_CGROUPS)
+            ct.cgroup_procs[ct.n_cgroup_procs++] = xstrdup(val);
+        else if (!strcmp(line, "arg") && ct.argc < LXCONE_MAX_ARGS)
+            ct.argv[ct.argc++] = xstrdup(val);
+        else if (!strcmp(line, "env") && ct.envc < LXCONE_MAX_ENV)
+            ct.envp[ct.envc++] = xstrdup(val);
+        else if (!strcmp(line, "bind") && ct.n_binds < LXCONE_MAX_BINDS) {
+            /* bind <ro 0|1> <target>\t<source> */
+            struct lxcone_bind *b = &ct.binds[ct.n_binds];
+            char *tab = strchr(val, '\t');
+            if (strlen(val) < 3 || !tab)
+                die("parse bind", val);
+            *tab = 0;
+            b->readonly = val[0] == '1';
+            b->target = xstrdup(val + 2);
+            b->source = xstrdup(tab + 1);
+            ct.n_binds++;
+        } else
+            die("parse config key", line);
+    }
+    free(line);
+    fclose(f);
+    errno = EINVAL;
+    if (!ct.name || !ct.rootfs || !ct.run_dir || ct.argc == 0)
+        die("parse config (name, rootfs, run_dir and arg are required)", path);
+}
+
+static void write_file(const char *path, const char *data)
+{
+    int fd = open(path, O_WRONLY | O_CLOEXEC);
+    if (fd < 0)
+        die("open", path);
+    size_t n = strlen(data);
+    if (write(fd, data, n) != (ssize_t)n)
+        die("write", path);
+    close(fd);
+}
+
+static void write_map(pid_t pid, const char *kind, char **lines, int n)
+{
+    char path[64], buf[512] = "";
+    size_t used = 0;
+    for (int i = 0; i < n; i++)
+        used += (size_t)snprintf(buf + used, sizeof(buf) - used, "%s\n", lines[i]);
+    snprintf(path, sizeof(path), "/proc/%d/%s", pid, kind);
+    write_file(path, buf);
+}
+
+static void place_in_cgroups(pid_t pid)
+{
+    char buf[32];
+    snprintf(buf, sizeof(buf), "%d", pid);
+    for (int i = 0; i < ct.n_cgroup_procs; i++) {
+        /* EINVAL while the task is still in TASK_NEW is transient (runc WriteCgroupProc). */
+        for (int try = 0;; try++) {
+            int fd = open(ct.cgroup_procs[i], O_WRONLY | O_CLOEXEC);
+            if (fd < 0)
+                die("open", ct.cgroup_procs[i]);
+            ssize_t r = write(fd, buf, strlen(buf));
+            int err = errno;
+            close(fd);
+            if (r >= 0)
+                break;
+            errno = err;
+            if (err != EINVAL || try >= 5)
+                die("write pid", ct.cgroup_procs[i]);
+            usleep(100);
+        }
+    }
+}
+
+static int open_ns(pid_t pid, const char *kind)
+{
+    char path[64];
+    snprintf(path, sizeof(path), "/proc/%d/ns/%s", pid, kind);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        die("open", path);
+    return fd;
+}
+
+/* A detached copy of a tree, idmapped to the container's user namespace when it has one: the
+ * files keep their on-disk owners (0..65535) while the container sees them as its own root's,
+ * so no chown of the rootfs and no bindfs. */
+static int detached_tree(const char *path)
+{
+    int fd = lxcone_open_tree(AT_FDCWD, path, OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE);
+    if (fd < 0)
+        die("open_tree", path);
+    if (userns_fd >= 0 &&
+        lxcone_mount_setattr_idmap(fd, "", AT_EMPTY_PATH | AT_RECURSIVE, userns_fd) < 0)
+        die("mount_setattr(MOUNT_ATTR_IDMAP)", path);
+    return fd;
+}
+
+static void open_console(void)
+{
+    char name[64];
+    console_master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (console_master < 0)
+        die("posix_openpt", "/dev/ptmx");
+    if (unlockpt(console_master) < 0 || ptsname_r(console_master, name, sizeof(name)) != 0)
+        die("unlockpt", "/dev/ptmx");
+    /* The monitor keeps its own slave open so the master never reads EIO (and poll never spins
+     * on POLLHUP) while the container has no process holding the console, e.g. across reboot. */
+    snprintf(ct.console_path, sizeof(ct.console_path), "%s", name);
+    console_slave = open(name, O_RDWR | O_NOCTTY | O_CLOEXEC);
+    if (console_slave < 0)
+        die("open", name);
+    /* Owned by the container's root and tty group, or its init could not reopen /dev/console:
+     * an inode owned by an unmapped id is beyond even the container root's capabilities. */
+    if (fchown(console_slave, (uid_t)ct.root_uid, (gid_t)ct.tty_gid) < 0)
+        die("fchown", name);
+    struct termios tio;
+    if (tcgetattr(console_slave, &tio) == 0) {
+        tio.c_oflag |= ONLCR | OPOST;
+        tcsetattr(console_slave, TCSANOW, &tio);
+    }
+}
+
+static void write_init_file(pid_t pid)
+{
+    char path[4096], tmp[4096], statp[64], buf[1024];
+    unsigned long long start = 0;
+    snprintf(statp, sizeof(statp), "/proc/%d/stat", pid);
+    int fd = open(statp, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        ssize_t n = read(fd, buf, sizeof(buf) - 1);
+        close(fd);
+        if (n > 0) {
+            buf[n] = 0;
+            /* Field 22 (starttime) counted after the ")" that ends comm, which may hold spaces. */
+            char *p = strrchr(buf, ')');
+            for (int field = 2; p && field < 22; field++)
+                p = strchr(p + 1, ' ');
+            if (p)
+                start = strtoull(p + 1, NULL, 10);
+        }
+    }
+    snprintf(path, sizeof(path), "%s/init", ct.run_dir);
+    snprintf(tmp, sizeof(tmp), "%s/init.tmp", ct.run_dir);
+    FILE *f = fopen(tmp, "we");
+    if (!f)
+        die("open", tmp);
+    fprintf(f, "%d %llu %d\n", pid, start, getpid());
+    if (fclose(f) != 0 || rename(tmp, path) < 0)
+        die("write", path);
+}
+
+/* Sends the go-ahead with the mounts the child needs, then waits for exec (EOF) or an error. */
+static int release_child(int sock, char *err, size_t errlen)
+{
+    struct lxcone_child_fds fds;
+    fds.rootfs = detached_tree(ct.rootfs);
+    fds.console = console_slave;
+    for (int i = 0; i < ct.n_binds; i++)
+        fds.binds[i] = detached_tree(ct.binds[i].source);
+    if (lxcone_send_go(sock, &fds, ct.n_binds) < 0)
+        die("sendmsg", "go");
+    close(fds.rootfs);
+    for (int i = 0; i < ct.n_binds; i++)
+        close(fds.binds[i]);
+    ssize_t n, used = 0;
+    while ((n = read(sock, err + used, errlen - 1 - (size_t)used)) > 0)
+        used += n;
+    err[used] = 0;
+    close(sock);
+    return used > 0 ? -1 : 0;
+}
+
+static pid_t clone_first(int *sock_out)
+{
+    int sv[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
+        die("socketpair", "sync");
+    struct lxcone_clone_args args = {.flags = ct.ns_flags, .exit_signal = SIGCHLD};
+    int cgfd = -1;
+    if (ct.cgroup_dir) {
+        cgfd = open(ct.cgroup_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (cgfd < 0)
+            die("open", ct.cgroup_dir);
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = (uint64_t)cgfd;
+    }
+    pid_t pid = (pid_t)lxcone_clone3(&args);
+    if (pid < 0 && cgfd >= 0) {
+        /* Older kernels or a cgroup we cannot enter this way: fall back to cgroup.procs. */
+        args.flags &= ~CLONE_INTO_CGROUP;
+        args.cgroup = 0;
+        close(cgfd);
+        cgfd = -1;
+        pid = (pid_t)lxcone_clone3(&args);
+    }
+    if (pid < 0)
+        die("clone3", ct.name);
+    if (pid == 0) {
+        close(sv[0]);
+        lxcone_child_main(&ct, sv[1]);
+    }
+    close(sv[1]);
+    if (cgfd >= 0)
+        close(cgfd);
+    else
+        place_in_cgroups(pid);
+    if (ct.ns_flags & CLONE_NEWUSER) {
+        userns_fd = open_ns(pid, "user");
+        write_map(pid, "uid_map", ct.uid_map, ct.n_uid_map);
+        write_map(pid, "gid_map", ct.gid_map, ct.n_gid_map);
+    }
+    if (ct.ns_flags & CLONE_NEWNET)
+        netns_fd = open_ns(pid, "net");
+    *sock_out = sv[0];
+    return pid;
+}
+
+/* After a reboot the new init joins the user and network namespaces the monitor kept (NICs live
+ * in that netns) and gets fresh mount/pid/uts/ipc/cgroup ones. Namespaces created by clone3 from
+ * here would be owned by the host's user namespace and the container could not mount its /proc,
+ * so an intermediate child joins the user namespace first, unshares, then clones init with
+ * CLONE_PARENT: init stays the monitor's child. */
+static pid_t clone_again(int *sock_out)
+{
+    int sv[2], pp[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0 || pipe2(pp, O_CLOEXEC) < 0)
+        die("socketpair", "sync");
+    struct lxcone_clone_args args = {.exit_signal = SIGCHLD};
+    pid_t mid = (pid_t)lxcone_clone3(&args);
+    if (mid < 0)
+        die("clone3", ct.name);
+    if (mid == 0) {
+        char buf[32];
+        close(sv[0]);
+        close(pp[0]);
+        /* Enter the cgroups while still host root; init inherits them. */
+        for (int i = 0; i < ct.n_cgroup_procs; i++) {
+            int fd = open(ct.cgroup_procs[i], O_WRONLY | O_CLOEXEC);
+            if (fd < 0 || write(fd, "0", 1) != 1)
+                _exit(2);
+            close(fd);
+        }
+        if (netns_fd >= 0 && setns(netns_fd, CLONE_NEWNET) < 0)
+            _exit(3);
+        if (userns_fd >= 0 && setns(userns_fd, CLONE_NEWUSER) < 0)
+            _exit(4);
+        unsigned long long fresh = ct.ns_flags & ~(unsigned long long)(CLONE_NEWUSER | CLONE_NEWNET);
+        if (unshare((int)fresh) < 0)
+            _exit(5);
+        struct lxcone_clone_args a2 = {.flags = CLONE_PARENT};
+        pid_t pid = (pid_t)lxcone_clone3(&a2);
+        if (pid < 0)
+            _exit(6);
+        if (pid == 0)
+            lxcone_child_main(&ct, sv[1]);
+        snprintf(buf, sizeof(buf), "%d", pid);
+        _exit(write(pp[1], buf, strlen(buf)) > 0 ? 0 : 7);
+    }
+    close(sv[1]);
+    close(pp[1]);
+    char buf[32] = "";
+    ssize_t n = read(pp[0], buf, sizeof(buf) - 1);
+    close(pp[0]);
+    int status;
+    waitpid(mid, &status, 0);
+    if (n <= 0) {
+        errno = ECHILD;
+        die("restart (intermediate exit code)", ct.name);
+    }
+    *sock_out = sv[0];
+    return (pid_t)atoi(buf);
+}
+
+static void cleanup_cgroups(void)
+{
+    /* Best effort: the runtime's delete is the authoritative, idempotent cleanup; doing it here
+     * too means a container that powered itself off leaves no empty cgroup behind. */
+    for (int i = 0; i < ct.n_cgroup_procs; i++) {
+        char dir[4096];
+        snprintf(dir, sizeof(dir), "%s", ct.cgroup_procs[i]);
+        char *slash = strrchr(dir, '/');
+        if (slash) {
+            *slash = 0;
+            rmdir(dir);
+        }
+    }
+}
+
+static void record_exit(int status)
+{
+    char path[4096], tmp[4096];
+    snprintf(path, sizeof(path), "%s/exit", ct.run_dir);
+    snprintf(tmp, sizeof(tmp), "%s/exit.tmp", ct.run_dir);
+    FILE *f = fopen(tmp, "we");
+    if (!f)
+        return;
+    if (WIFSIGNALED(status))
+        fprintf(f, "signaled %d\n", WTERMSIG(status));
+    else
+        fprintf(f, "exited %d\n", WEXITSTATUS(status));
+    if (fclose(f) == 0)
+        rename(tmp, path);
+}
+
+static int log_fd = -1;
+
+static void log_console(const char *buf, size_t n)
+{
+    char path[4096], old[4096];
+    struct stat st;
+    if (log_fd >= 0 && fstat(log_fd, &st) == 0 && st.st_size + (off_t)n > LOG_MAX) {
+        /* Keep one previous generation: bounded disk use without losing the latest boot. */
+        snprintf(path, sizeof(path), "%s/console.log", ct.run_dir);
+        snprintf(old, sizeof(old), "%s/console.log.1", ct.run_dir);
+        rename(path, old);
+        close(log_fd);
+        log_fd = -1;
+    }
+    if (log_fd < 0) {
+        snprintf(path, sizeof(path), "%s/console.log", ct.run_dir);
+        log_fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
+        if (log_fd < 0)
+            return;
+    }
+    if (write(log_fd, buf, n) < 0) {
+        /* a full disk must not stop the console pump; the bytes are lost from the log only */
+    }
+}
+
+static int listen_console(void)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    int n = snprintf(addr.sun_path, sizeof(addr.sun_path), "%s/console.sock", ct.run_dir);
+    if (n >= (int)sizeof(addr.sun_path))
+        return -1; /* run dir too long for a socket path: the log still works */
+    unlink(addr.sun_path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&addr, sizeof(addr)) < 0 || listen(fd, 4) < 0) {
+        if (fd >= 0)
+            close(fd);
+        return -1;
+    }
+    chmod(addr.sun_path, 0600);
+    return fd;
+}
+
+static void serve(pid_t init_pid)
+{
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD);
+    int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    int lfd = listen_console();
+    int client = -1;
+    char buf[4096];
+    for (;;) {
+        struct pollfd p[4] = {{sfd, POLLIN, 0}, {console_master, POLLIN, 0}, {lfd, POLLIN, 0},
+                              {client, POLLIN, 0}};
+        if (poll(p, 4, -1) < 0) {
+            if (errno == EINTR)
+                continue;
+            die("poll", "monitor");
+        }
+        if (p[1].revents & POLLIN) {
+            ssize_t n = read(console_master, buf, sizeof(buf));
+            if (n > 0) {
+                log_console(buf, (size_t)n);
+                if (client >= 0 && write(client, buf, (size_t)n) < 0) {
+                    close(client);
+                    client = -1;
+                }
+            }
+        }
+        if (p[2].revents & POLLIN) {
+            int c = accept4(lfd, NULL, NULL, SOCK_CLOEXEC);
+            if (c >= 0) {
+                if (client >= 0)
+                    close(client); /* one console user at a time; the newest wins, as with a tty */
+                client = c;
+            }
+        }
+        if (client >= 0 && (p[3].revents & (POLLIN | POLLHUP | POLLERR))) {
+            ssize_t n = read(client, buf, sizeof(buf));
+            if (n <= 0 || write(console_master, buf, (size_t)n) < 0) {
+                close(client);
+                client = -1;
+            }
+        }
+        if (p[0].revents & POLLIN) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof(si)) > 0) {
+            }
+            int status;
+            pid_t pid;
+            while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
+                if (pid != init_pid)
+                    continue;
+                if (WIFSIGNALED(status) && WTERMSIG(status) == SIGHUP) {
+                    char err[512];
+                    int sock;
+                    status_fd = -1;
+                    init_pid = clone_again(&sock);
+                    if (release_child(sock, err, sizeof(err)) < 0) {
+                        fprintf(stderr, "lxcone-monitor: restart of %s failed: %s", ct.name, err);
+                        kill(init_pid, SIGKILL);
+                        waitpid(init_pid, &status, 0);
+                        goto stopped;
+                    }
+                    write_init_file(init_pid);
+                    continue;
+                }
+            stopped:
+                record_exit(status);
+                cleanup_cgroups();
+                if (lfd >= 0) {
+                    snprintf(buf, sizeof(buf), "%s/console.sock", ct.run_dir);
+                    unlink(buf);
+                }
+                exit(0);
+            }
+        }
+    }
+}
+
+int main(int argc, char **argv)
+{
+    if (argc != 2) {
+        fprintf(stderr, "usage: lxcone-monitor CONFIG (started by the lxcone runtime)\n");
+        return 2;
+    }
+    status_fd = STATUS_FD;
+    if (fcntl(STATUS_FD, F_GETFD) < 0 || fcntl(CONTROL_FD, F_GETFD) < 0) {
+        status_fd = -1;
+        errno = EBADF;
+        die("status/control fds 3 and 4", "missing");
+    }
+    fcntl(STATUS_FD, F_SETFD, FD_CLOEXEC);
+    fcntl(CONTROL_FD, F_SETFD, FD_CLOEXEC);
+    /* The monitor must outlive the runtime that started it and ignore its terminal's signals. */
+    setsid();
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD);
+    sigaddset(&mask, SIGHUP);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGPIPE);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    ct.envp[0] = NULL;
+    load_config(argv[1]);
+    ct.argv[ct.argc] = NULL;
+    ct.envp[ct.envc] = NULL;
+    open_console();
+
+    int sock;
+    pid_t pid = clone_first(&sock);
+    dprintf(status_fd, "pid %d\n", pid);
+    char go[4] = "";
+    ssize_t n;
+    do
+        n = read(CONTROL_FD, go, 3);
+    while (n < 0 && errno == EINTR);
+    if (n != 3 || memcmp(go, "go\n", 3) != 0) {
+        /* The runtime aborted (or died) before the go-ahead: leave nothing running. */
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        cleanup_cgroups();
+        return 1;
+    }
+    char err[512];
+    if (release_child(sock, err, sizeof(err)) < 0) {
+        dprintf(status_fd, "%s", err);
+        waitpid(pid, NULL, 0);
+        cleanup_cgroups();
+        return 1;
+    }
+    write_init_file(pid);
+    dprintf(status_fd, "running\n");
+    close(STATUS_FD);
+    close(CONTROL_FD);
+    status_fd = -1;
+    int devnull = open("/dev/null", O_RDWR | O_CLOEXEC);
+    if (devnull >= 0) {
+        dup2(devnull, 0);
+        dup2(devnull, 1);
+    }
+    serve(pid);
+    return 0;
+}
