@@ -130,7 +130,7 @@ def _cstrings(items: Sequence[str], keep: list) -> object:
     return arr
 
 
-def attach(pid: int, argv: Sequence[str], env: Sequence[str], procs: Sequence[str] = (),
+def attach(pid: int, argv: Sequence[str], env: Sequence[str], *, procs: Sequence[str] = (),
            cwd: str = "/", uid: int = 0, gid: int = 0, stdin: int = -1, stdout: int = -1,
            stderr: int = -1) -> int:
     """Start ``argv`` inside every namespace and cgroup of the container whose init is ``pid``.

@@ -237,6 +237,16 @@ void lxcone_child_main(const struct lxcone_ct *ct, int sync_fd)
 
     if (lxcone_recv_go(sync_fd, &fds, ct->n_binds) < 0)
         fail("recv go", ct->name);
+    /* The cgroup namespace is made here, not by clone3: its root is the cgroup we are in at
+     * that moment, and only now has the monitor finished placing us in the container's v1
+     * cgroups (clone3 can only target a v2 one). */
+    if (ct->ns_flags & CLONE_NEWCGROUP)
+        CHECK(unshare(CLONE_NEWCGROUP), "unshare", "CLONE_NEWCGROUP");
+    /* Resolve the rootfs path while still host uid 0: once we are the container's root (host
+     * uid 100000) we may not search the host directories above it (e.g. a 0700 parent). */
+    int target = open(ct->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
+    if (target < 0)
+        fail("open", ct->rootfs);
     if (userns) {
         /* The monitor wrote uid_map/gid_map before the go-ahead, so 0 is mapped now. */
         CHECK(setresgid(0, 0, 0), "setresgid", "0");
@@ -245,11 +255,12 @@ void lxcone_child_main(const struct lxcone_ct *ct, int sync_fd)
     }
     /* Nothing we mount may propagate back to the host, while host unmounts still reach us. */
     CHECK(mount(NULL, "/", NULL, MS_REC | MS_SLAVE, NULL), "mount --make-rslave", "/");
-    CHECK(lxcone_move_mount(fds.rootfs, "", AT_FDCWD, ct->rootfs, MOVE_MOUNT_F_EMPTY_PATH),
+    CHECK(lxcone_move_mount(fds.rootfs, "", target, "",
+                            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
           "move_mount", ct->rootfs);
-    int rootfd = open(ct->rootfs, O_PATH | O_DIRECTORY | O_CLOEXEC);
-    if (rootfd < 0)
-        fail("open", ct->rootfs);
+    close(target);
+    /* The tree's own fd is the root of the mount we just attached: no path lookup needed. */
+    int rootfd = fds.rootfs;
 
     setup_proc_sys(rootfd);
     setup_dev(rootfd, ct->console_path);

@@ -41,10 +41,15 @@ static struct lxcone_ct ct;
 static int status_fd = -1;
 static int userns_fd = -1, netns_fd = -1;
 static int console_master = -1, console_slave = -1;
+static pid_t pending_child = -1; /* cloned but not yet running: killed if start-up fails */
 
 static void die(const char *call, const char *path)
 {
     int err = errno;
+    if (pending_child > 0) {
+        kill(pending_child, SIGKILL);
+        waitpid(pending_child, NULL, 0);
+    }
     if (status_fd >= 0)
         dprintf(status_fd, "error %d %s %s\n", err, call, path ? path : "-");
     else
@@ -137,11 +142,16 @@ static void write_map(pid_t pid, const char *kind, char **lines, int n)
     write_file(path, buf);
 }
 
-static void place_in_cgroups(pid_t pid)
+/* skip_dir: the cgroup clone3(CLONE_INTO_CGROUP) already put the task in (or NULL). */
+static void place_in_cgroups(pid_t pid, const char *skip_dir)
 {
     char buf[32];
+    size_t skip_len = skip_dir ? strlen(skip_dir) : 0;
     snprintf(buf, sizeof(buf), "%d", pid);
     for (int i = 0; i < ct.n_cgroup_procs; i++) {
+        if (skip_dir && !strncmp(ct.cgroup_procs[i], skip_dir, skip_len) &&
+            !strcmp(ct.cgroup_procs[i] + skip_len, "/cgroup.procs"))
+            continue;
         /* EINVAL while the task is still in TASK_NEW is transient (runc WriteCgroupProc). */
         for (int try = 0;; try++) {
             int fd = open(ct.cgroup_procs[i], O_WRONLY | O_CLOEXEC);
@@ -264,7 +274,9 @@ static pid_t clone_first(int *sock_out)
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
         die("socketpair", "sync");
-    struct lxcone_clone_args args = {.flags = ct.ns_flags, .exit_signal = SIGCHLD};
+    /* CLONE_NEWCGROUP is left to the child, once it sits in its cgroups (container.c). */
+    struct lxcone_clone_args args = {.flags = ct.ns_flags & ~(unsigned long long)CLONE_NEWCGROUP,
+                                     .exit_signal = SIGCHLD};
     int cgfd = -1;
     if (ct.cgroup_dir) {
         cgfd = open(ct.cgroup_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
@@ -288,11 +300,13 @@ static pid_t clone_first(int *sock_out)
         close(sv[0]);
         lxcone_child_main(&ct, sv[1]);
     }
+    pending_child = pid;
     close(sv[1]);
+    /* Born in the v2 cgroup (no window where it runs outside it); v1 hierarchies, which
+     * clone3 cannot target, still get a cgroup.procs write before the child may proceed. */
+    place_in_cgroups(pid, cgfd >= 0 ? ct.cgroup_dir : NULL);
     if (cgfd >= 0)
         close(cgfd);
-    else
-        place_in_cgroups(pid);
     if (ct.ns_flags & CLONE_NEWUSER) {
         userns_fd = open_ns(pid, "user");
         write_map(pid, "uid_map", ct.uid_map, ct.n_uid_map);
@@ -333,7 +347,8 @@ static pid_t clone_again(int *sock_out)
             _exit(3);
         if (userns_fd >= 0 && setns(userns_fd, CLONE_NEWUSER) < 0)
             _exit(4);
-        unsigned long long fresh = ct.ns_flags & ~(unsigned long long)(CLONE_NEWUSER | CLONE_NEWNET);
+        unsigned long long fresh =
+            ct.ns_flags & ~(unsigned long long)(CLONE_NEWUSER | CLONE_NEWNET | CLONE_NEWCGROUP);
         if (unshare((int)fresh) < 0)
             _exit(5);
         struct lxcone_clone_args a2 = {.flags = CLONE_PARENT};
@@ -489,12 +504,14 @@ static void serve(pid_t init_pid)
                     int sock;
                     status_fd = -1;
                     init_pid = clone_again(&sock);
+                    pending_child = init_pid;
                     if (release_child(sock, err, sizeof(err)) < 0) {
                         fprintf(stderr, "lxcone-monitor: restart of %s failed: %s", ct.name, err);
                         kill(init_pid, SIGKILL);
                         waitpid(init_pid, &status, 0);
                         goto stopped;
                     }
+                    pending_child = -1;
                     write_init_file(init_pid);
                     continue;
                 }
@@ -563,6 +580,7 @@ int main(int argc, char **argv)
         cleanup_cgroups();
         return 1;
     }
+    pending_child = -1;
     write_init_file(pid);
     dprintf(status_fd, "running\n");
     close(STATUS_FD);

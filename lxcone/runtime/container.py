@@ -1,0 +1,553 @@
+"""Container lifecycle: create, start, stop, kill, freeze, thaw, exec, state, list, delete.
+
+The runtime holds no process of its own: each running container has one lxcone-monitor (its
+init's parent) and everything else is found again from the run dir, so any LXCoNe process may
+exit or crash while containers keep running and stay manageable from a new process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import select
+import shutil
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from lxcone import native
+from lxcone.cgroups import CgroupManager, from_paths, new_manager
+from lxcone.runtime import state as st
+from lxcone.runtime.errors import (
+    ContainerExists,
+    ContainerNotFound,
+    InvalidTransition,
+    StartError,
+)
+from lxcone.runtime.spec import ContainerSpec, validate
+
+DEFAULT_RUN_DIR = "/run/lxcone"
+DEFAULT_CGROUP_PARENT = "lxcone"
+
+CREATED, RUNNING, FROZEN, STOPPED = "created", "running", "frozen", "stopped"
+
+_NS_ALWAYS = (native.CLONE_NEWNS | native.CLONE_NEWPID | native.CLONE_NEWUTS
+              | native.CLONE_NEWIPC | native.CLONE_NEWNET | native.CLONE_NEWCGROUP)
+
+
+@dataclass(frozen=True)
+class ContainerState:
+    name: str
+    status: str  # created | running | frozen | stopped
+    pid: int | None  # init, host view, when running or frozen
+    monitor_pid: int | None
+    exit: str | None  # how init ended last time ("exited 0", "signaled 9")
+
+
+@dataclass(frozen=True)
+class ExecResult:
+    returncode: int  # negative: killed by that signal (as subprocess does)
+    stdout: bytes
+    stderr: bytes
+
+
+class Runtime:
+    """Manages containers under one run dir and one cgroup parent.
+
+    ``host_netns`` names the network namespace (a path such as /run/netns/x) holding the
+    host side of NICs and the bridges; None means the caller's own.
+    """
+
+    def __init__(self, run_dir: str = DEFAULT_RUN_DIR, cgroup_parent: str = DEFAULT_CGROUP_PARENT,
+                 host_netns: str | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.cgroup_parent = cgroup_parent
+        self.host_netns = host_netns
+        # Processes spawn() started (our children, inside a container) and statuses reaped on
+        # the caller's behalf: see _wait_exit for why stop/kill must reap them.
+        self._children: dict[int, str] = {}
+        self._statuses: dict[int, int] = {}
+
+    # -- lookup -------------------------------------------------------------------------------
+
+    def _dir(self, name: str) -> Path:
+        from lxcone.runtime.spec import NAME_RE
+
+        if not NAME_RE.match(name):
+            # Never build a path from a hostile name ("../x", "a/b").
+            raise ContainerNotFound(name)
+        return self.run_dir / name
+
+    def _load(self, name: str) -> tuple[Path, dict]:
+        d = self._dir(name)
+        try:
+            return d, st.read_state(d)
+        except FileNotFoundError:
+            raise ContainerNotFound(name) from None
+
+    def spec(self, name: str) -> ContainerSpec:
+        _, s = self._load(name)
+        return ContainerSpec.from_dict(s["spec"])
+
+    def _cgroups(self, s: dict) -> CgroupManager:
+        return from_paths(s["cgroup_paths"])
+
+    # -- create / delete ----------------------------------------------------------------------
+
+    def create(self, spec: ContainerSpec) -> None:
+        """Validate and record a container; nothing runs yet. ContainerExists if taken."""
+        validate(spec)
+        d = self._dir(spec.name)
+        self.run_dir.mkdir(parents=True, exist_ok=True, mode=0o711)
+        try:
+            d.mkdir(mode=0o700)
+        except FileExistsError:
+            raise ContainerExists(spec.name) from None
+        try:
+            mgr = new_manager(self.cgroup_parent, spec.name)
+            st.write_state(d, {"spec": spec.to_dict(), "cgroup_paths": dict(mgr.paths),
+                               "host_netns": self.host_netns})
+        except BaseException:
+            shutil.rmtree(d, ignore_errors=True)
+            raise
+
+    def delete(self, name: str, force: bool = False) -> None:
+        """Remove a stopped container's state and cgroups; ``force`` kills it first."""
+        d, s = self._load(name)
+        status = self.state(name).status
+        if status in (RUNNING, FROZEN):
+            if not force:
+                raise InvalidTransition(name, status, "delete")
+            self.kill(name)
+        self._cgroups(s).destroy()
+        shutil.rmtree(d)
+
+    # -- start --------------------------------------------------------------------------------
+
+    def run(self, spec: ContainerSpec) -> ContainerState:
+        """create + start; on failure nothing is left behind, not even the record."""
+        self.create(spec)
+        try:
+            return self.start(spec.name)
+        except BaseException:
+            self.delete(spec.name, force=True)
+            raise
+
+    def start(self, name: str) -> ContainerState:
+        """Start init and return once it has been exec'd. Raises StartError naming the failing
+        step; on any failure the cgroups, NICs and processes it made are gone."""
+        d, s = self._load(name)
+        spec = ContainerSpec.from_dict(s["spec"])
+        status = self.state(name).status
+        if status not in (CREATED, STOPPED):
+            raise InvalidTransition(name, status, "start")
+        for leftover in ("init", "exit"):
+            (d / leftover).unlink(missing_ok=True)
+        mgr = self._cgroups(s)
+        mgr.create()
+        ctl_w = status_r = -1
+        monitor_pid = None
+        try:
+            mgr.set(spec.resources)
+            self._write_monitor_config(d, spec, mgr)
+            status_r, status_w = os.pipe2(os.O_CLOEXEC)
+            ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
+            monitor_pid = os.posix_spawn(
+                native.MONITOR, ["lxcone-monitor", str(d / "config")], {},
+                file_actions=[
+                    (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),
+                    (os.POSIX_SPAWN_OPEN, 2, str(d / "monitor.log"),
+                     os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600),
+                    (os.POSIX_SPAWN_DUP2, status_w, 3),
+                    (os.POSIX_SPAWN_DUP2, ctl_r, 4),
+                ],
+            )
+            os.close(status_w)
+            os.close(ctl_r)
+            reply = _read_line(status_r)
+            if not reply.startswith("pid "):
+                raise _start_error(reply, name, d)
+            pid = int(reply.split()[1])
+            if spec.nics:
+                self._plug_nics(spec, pid)
+            os.write(ctl_w, b"go\n")
+            reply = _read_line(status_r)
+            if reply != "running":
+                raise _start_error(reply, name, d)
+        except BaseException:
+            if ctl_w >= 0:
+                os.close(ctl_w)  # EOF = abort: the monitor kills init and exits
+                ctl_w = -1
+            if monitor_pid is not None:
+                _reap(monitor_pid)
+            self._unplug_nics(spec, s)
+            mgr.destroy()
+            raise
+        finally:
+            for fd in (status_r, ctl_w):
+                if fd >= 0:
+                    os.close(fd)
+        return self.state(name)
+
+    def _write_monitor_config(self, d: Path, spec: ContainerSpec, mgr: CgroupManager) -> None:
+        flags = _NS_ALWAYS
+        lines = [f"name {spec.name}", f"rootfs {os.path.realpath(spec.rootfs)}",
+                 f"hostname {spec.effective_hostname}", f"run_dir {d}"]
+        if spec.privileged:
+            lines += ["root_uid 0", "tty_gid 5"]
+        else:
+            m = spec.id_map
+            flags |= native.CLONE_NEWUSER
+            lines += [f"uid_map 0 {m.host_uid} {m.size}", f"gid_map 0 {m.host_gid} {m.size}",
+                      f"root_uid {m.host_uid}", f"tty_gid {m.host_gid + 5}"]
+        lines.append(f"ns_flags {flags}")
+        # The v2 directory, pure v2 or the unified side of a hybrid host: init is born in it
+        # through clone3(CLONE_INTO_CGROUP); the monitor writes the v1 cgroup.procs files.
+        unified = mgr.unified_dir() or mgr.paths.get("unified")
+        if unified:
+            lines.append(f"cgroup_dir {unified}")
+        lines += [f"cgroup_procs {p}" for p in mgr.procs_files()]
+        lines += [f"arg {a}" for a in spec.init]
+        lines += [f"env {e}" for e in spec.env]
+        lines += [f"bind {int(b.readonly)} {b.target.lstrip('/')}\t{b.source}" for b in spec.binds]
+        st.write_atomic(d / "config", "\n".join(lines) + "\n")
+
+    def _plug_nics(self, spec: ContainerSpec, pid: int) -> None:
+        from lxcone import netns
+
+        fd = netns.open_netns(pid)
+        try:
+            netns.setup_loopback(fd)
+            for nic in spec.nics:
+                netns.add_nic(nic, fd, self.host_netns)
+        finally:
+            os.close(fd)
+
+    def _unplug_nics(self, spec: ContainerSpec, s: dict) -> None:
+        if not spec.nics:
+            return
+        from lxcone import netns
+
+        for nic in spec.nics:
+            netns.remove_nic(nic.host_name, s.get("host_netns", self.host_netns))
+
+    # -- hot NICs -----------------------------------------------------------------------------
+
+    def add_nic(self, name: str, nic: object) -> None:
+        """Plug a NIC into a running container and record it in the spec."""
+        from lxcone import netns
+
+        d, s = self._load(name)
+        info = self._running_init(name, d, "add a NIC to")
+        spec = ContainerSpec.from_dict(s["spec"])
+        fd = netns.open_netns(info.pid)
+        try:
+            netns.add_nic(nic, fd, s.get("host_netns"))
+        finally:
+            os.close(fd)
+        others = [n for n in spec.nics if n.host_name != nic.host_name]
+        spec = spec.with_changes(nics=(*others, nic))
+        s["spec"] = spec.to_dict()
+        st.write_state(d, s)
+
+    def remove_nic(self, name: str, host_name: str) -> None:
+        """Unplug a NIC (idempotent) and drop it from the spec."""
+        from lxcone import netns
+
+        d, s = self._load(name)
+        netns.remove_nic(host_name, s.get("host_netns"))
+        spec = ContainerSpec.from_dict(s["spec"])
+        s["spec"] = spec.with_changes(
+            nics=tuple(n for n in spec.nics if n.host_name != host_name)).to_dict()
+        st.write_state(d, s)
+
+    # -- state --------------------------------------------------------------------------------
+
+    def state(self, name: str) -> ContainerState:
+        d, s = self._load(name)
+        info = st.read_init(d)
+        exit_ = st.read_exit(d)
+        if info is None:
+            return ContainerState(name, STOPPED if exit_ else CREATED, None, None, exit_)
+        if not info.alive():
+            return ContainerState(name, STOPPED, None, None, exit_ or "vanished")
+        status = RUNNING
+        try:
+            if self._cgroups(s).freezer_state() != "THAWED":
+                status = FROZEN
+        except FileNotFoundError:
+            pass  # the cgroup went away under a dying container: it is not frozen
+        return ContainerState(name, status, info.pid, info.monitor_pid, exit_)
+
+    def list(self) -> list[ContainerState]:
+        try:
+            names = sorted(os.listdir(self.run_dir))
+        except FileNotFoundError:
+            return []
+        out = []
+        for n in names:
+            try:
+                out.append(self.state(n))
+            except (ContainerNotFound, NotADirectoryError):
+                continue  # not ours, or deleted while we looked
+        return out
+
+    def _running_init(self, name: str, d: Path, action: str) -> st.InitInfo:
+        info = st.read_init(d)
+        if info is None or not info.alive():
+            raise InvalidTransition(name, STOPPED if info else CREATED, action)
+        return info
+
+    # -- stop / kill --------------------------------------------------------------------------
+
+    def stop(self, name: str, timeout: float = 10.0) -> ContainerState:
+        """Ask init to power off (spec.stop_signal), wait up to ``timeout`` s, then kill."""
+        d, s = self._load(name)
+        spec = ContainerSpec.from_dict(s["spec"])
+        info = st.read_init(d)
+        if info is None or not info.alive():
+            return self.state(name)  # already stopped: stop is idempotent
+        mgr = self._cgroups(s)
+        pidfd = native.pidfd_open(info.pid)
+        try:
+            if mgr.freezer_state() != "THAWED":
+                mgr.thaw()  # a frozen init cannot act on the signal
+            native.pidfd_send_signal(pidfd, spec.stop_signal)
+            if not self._wait_exit(name, pidfd, timeout):
+                native.pidfd_send_signal(pidfd, signal.SIGKILL)
+                self._wait_exit(name, pidfd, 10.0)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(pidfd)
+        return self._finish_stop(name, d, s, spec, info)
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> ContainerState:
+        """Send ``sig`` to init; for SIGKILL wait until the container is gone and cleaned."""
+        d, s = self._load(name)
+        spec = ContainerSpec.from_dict(s["spec"])
+        info = st.read_init(d)
+        if info is None or not info.alive():
+            if sig == signal.SIGKILL:
+                return self._finish_stop(name, d, s, spec, info)
+            raise InvalidTransition(name, STOPPED, f"send signal {sig} to")
+        if sig == signal.SIGKILL:
+            # Delete the host-side veths first: that removes both ends synchronously, where
+            # waiting for the dying netns to do it takes tens of ms (LXC's stop cost).
+            self._unplug_nics(spec, s)
+        pidfd = native.pidfd_open(info.pid)
+        try:
+            native.pidfd_send_signal(pidfd, sig)
+            if sig != signal.SIGKILL:
+                return self.state(name)
+            mgr = self._cgroups(s)
+            if mgr.freezer_state() != "THAWED":
+                mgr.thaw()  # v1 freezer: a frozen task does not die until thawed
+            self._wait_exit(name, pidfd, 10.0)
+        except ProcessLookupError:
+            pass
+        finally:
+            os.close(pidfd)
+        return self._finish_stop(name, d, s, spec, info)
+
+    def _wait_exit(self, name: str, pidfd: int, timeout: float) -> bool:
+        """Wait for init (behind ``pidfd``) to exit, reaping our exec'd processes meanwhile.
+
+        The init of a pid namespace cannot finish exiting until every task in the namespace has
+        been reaped (zap_pid_ns_processes), and an exec'd process is our child (CLONE_PARENT),
+        so its zombie would hold the whole container until we waited for it.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            self._reap_children(name)
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            if _wait_fd(pidfd, min(left, 0.02 if self._has_children(name) else left)):
+                self._reap_children(name)
+                return True
+
+    def _has_children(self, name: str) -> bool:
+        return name in self._children.values()
+
+    def _reap_children(self, name: str) -> None:
+        for pid in [p for p, n in self._children.items() if n == name]:
+            try:
+                done, status = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                del self._children[pid]  # someone else reaped it
+                continue
+            if done:
+                del self._children[pid]
+                self._statuses[pid] = status
+
+    def wait(self, pid: int) -> int:
+        """Wait for a process from ``spawn`` and return its exit code (negative: signal).
+
+        Use this rather than os.waitpid: stop/kill may already have reaped it."""
+        status = self._statuses.pop(pid, None)
+        if status is None:
+            _, status = os.waitpid(pid, 0)
+            self._children.pop(pid, None)
+        return os.waitstatus_to_exitcode(status)
+
+    def _finish_stop(self, name: str, d: Path, s: dict, spec: ContainerSpec,
+                     info: st.InitInfo | None) -> ContainerState:
+        if info is not None:
+            _wait_gone(info.monitor_pid, 10.0)
+        self._unplug_nics(spec, s)
+        self._cgroups(s).destroy()
+        return self.state(name)
+
+    # -- freeze / thaw ------------------------------------------------------------------------
+
+    def freeze(self, name: str) -> None:
+        d, s = self._load(name)
+        self._running_init(name, d, "freeze")
+        self._cgroups(s).freeze()
+
+    def thaw(self, name: str) -> None:
+        d, s = self._load(name)
+        self._running_init(name, d, "thaw")
+        self._cgroups(s).thaw()
+
+    # -- exec ---------------------------------------------------------------------------------
+
+    def spawn(self, name: str, argv: Sequence[str], env: Sequence[str] | None = None, *,
+              cwd: str = "/", uid: int = 0, gid: int = 0, stdin: int = -1, stdout: int = -1,
+              stderr: int = -1) -> int:
+        """Start ``argv`` inside the running container; returns its pid, our child: reap it
+        with ``wait(pid)``."""
+        d, s = self._load(name)
+        info = self._running_init(name, d, "exec in")
+        if self._cgroups(s).freezer_state() != "THAWED":
+            raise InvalidTransition(name, FROZEN, "exec in")
+        spec = ContainerSpec.from_dict(s["spec"])
+        pid = native.attach(info.pid, argv, spec.env if env is None else env,
+                            procs=self._cgroups(s).procs_files(), cwd=cwd, uid=uid, gid=gid,
+                            stdin=stdin, stdout=stdout, stderr=stderr)
+        self._children[pid] = name
+        return pid
+
+    def exec(self, name: str, argv: Sequence[str], env: Sequence[str] | None = None,
+             input: bytes | None = None, timeout: float | None = None) -> ExecResult:
+        """Run ``argv`` inside the container and collect its exit code and output (the
+        lxc-attach equivalent). TimeoutError after ``timeout`` s (the command is killed)."""
+        in_r, in_w = os.pipe2(os.O_CLOEXEC)
+        out_r, out_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = self.spawn(name, argv, env, stdin=in_r, stdout=out_w, stderr=err_w)
+        except BaseException:
+            for fd in (in_r, in_w, out_r, out_w, err_r, err_w):
+                os.close(fd)
+            raise
+        for fd in (in_r, out_w, err_w):
+            os.close(fd)
+        try:
+            out, err = _communicate(in_w, out_r, err_r, input or b"", timeout)
+        except TimeoutError:
+            os.kill(pid, signal.SIGKILL)
+            self.wait(pid)
+            raise
+        return ExecResult(self.wait(pid), out, err)
+
+    def console_socket(self, name: str) -> str:
+        """Path of the unix socket that serves the console of a running container."""
+        d, _ = self._load(name)
+        self._running_init(name, d, "attach to the console of")
+        return str(d / "console.sock")
+
+    def console_log(self, name: str) -> bytes:
+        d, _ = self._load(name)
+        try:
+            return (d / "console.log").read_bytes()
+        except FileNotFoundError:
+            return b""
+
+
+def _read_line(fd: int) -> str:
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = os.read(fd, 512)
+        if not chunk:
+            break
+        buf += chunk
+    return buf.decode(errors="replace").strip()
+
+
+def _start_error(reply: str, name: str, d: Path) -> OSError:
+    # "error <errno> <call...> <path>" from the monitor or the container child.
+    parts = reply.split()
+    if len(parts) >= 4 and parts[0] == "error" and parts[1].isdigit():
+        return StartError(int(parts[1]), " ".join(parts[2:-1]), parts[-1], name)
+    log = ""
+    with contextlib.suppress(FileNotFoundError):
+        log = (d / "monitor.log").read_text().strip()
+    return StartError(errno.EPROTO, "lxcone-monitor", log or reply or "exited early", name)
+
+
+def _wait_fd(fd: int, timeout: float) -> bool:
+    r, _, _ = select.select([fd], [], [], timeout)
+    return bool(r)
+
+
+def _reap(pid: int) -> None:
+    """Wait for a monitor we spawned (if it is still our child); its exit is quick."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, 0)
+
+
+def _wait_gone(pid: int, timeout: float) -> None:
+    """Wait for a monitor to exit, reaping it when it is our child (pid 1 reaps it otherwise)."""
+    try:
+        fd = native.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    try:
+        _wait_fd(fd, timeout)
+    finally:
+        os.close(fd)
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def _communicate(in_w: int, out_r: int, err_r: int, data: bytes,
+                 timeout: float | None) -> tuple[bytes, bytes]:
+    deadline = None if timeout is None else time.monotonic() + timeout
+    out, err = bytearray(), bytearray()
+    readers = {out_r: out, err_r: err}
+    writers = [in_w] if data else []
+    if not data:
+        os.close(in_w)
+    view = memoryview(data)
+    try:
+        while readers or writers:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            r, w, _ = select.select(list(readers), writers, [], left)
+            if not r and not w:
+                raise TimeoutError(f"command did not finish within {timeout} s")
+            for fd in w:
+                try:
+                    n = os.write(fd, view[:65536])
+                except BrokenPipeError:
+                    n = len(view)
+                view = view[n:]
+                if not view:
+                    writers.remove(fd)
+                    os.close(fd)
+            for fd in r:
+                chunk = os.read(fd, 65536)
+                if chunk:
+                    readers[fd] += chunk
+                else:
+                    del readers[fd]
+                    os.close(fd)
+    finally:
+        for fd in list(readers) + writers:
+            os.close(fd)
+    return bytes(out), bytes(err)

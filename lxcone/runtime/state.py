@@ -1,0 +1,83 @@
+"""On-disk state of a container under the run dir, and liveness checks that survive pid reuse.
+
+<run_dir>/<name>/
+  state.json     spec + cgroup paths, written by the runtime (atomic rename)
+  config         what lxcone-monitor reads (see csrc/monitor.c)
+  init           "<init pid> <starttime> <monitor pid>", written by the monitor at every (re)start
+  exit           "exited N" / "signaled N", written by the monitor when init ends for good
+  console.log    console output (rotated at 1 MiB to console.log.1); console.sock to attach
+  monitor.log    the monitor's own errors
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "state.json"
+
+
+def write_atomic(path: Path, data: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        f.write(data)
+    os.rename(tmp, path)
+
+
+def read_state(ct_dir: Path) -> dict[str, Any]:
+    with open(ct_dir / STATE_FILE) as f:
+        return json.load(f)
+
+
+def write_state(ct_dir: Path, state: dict[str, Any]) -> None:
+    write_atomic(ct_dir / STATE_FILE, json.dumps(state, indent=1, sort_keys=True))
+
+
+def proc_starttime(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (clock ticks since boot), None if the pid is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # comm (field 2) may contain spaces and ')' so split after the last ')'
+    rest = data[data.rindex(b")") + 2:].split()
+    return int(rest[19])
+
+
+def proc_is_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            data = f.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return data[data.rindex(b")") + 2:data.rindex(b")") + 3] in (b"Z", b"X")
+
+
+@dataclass(frozen=True)
+class InitInfo:
+    pid: int
+    starttime: int
+    monitor_pid: int
+
+    def alive(self) -> bool:
+        """True if this very process (not a recycled pid) still runs."""
+        return proc_starttime(self.pid) == self.starttime and not proc_is_zombie(self.pid)
+
+
+def read_init(ct_dir: Path) -> InitInfo | None:
+    try:
+        text = (ct_dir / "init").read_text().split()
+    except FileNotFoundError:
+        return None
+    return InitInfo(int(text[0]), int(text[1]), int(text[2]))
+
+
+def read_exit(ct_dir: Path) -> str | None:
+    try:
+        return (ct_dir / "exit").read_text().strip()
+    except FileNotFoundError:
+        return None

@@ -1,0 +1,320 @@
+"""The runtime against the real kernel: isolation, limits, lifecycle, crashes, leaks."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lxcone.cgroups import Resources
+from lxcone.images.busybox import STOP_SIGNAL
+from lxcone.runtime import (
+    ContainerExists,
+    ContainerSpec,
+    InvalidTransition,
+    Runtime,
+    SpecError,
+)
+from lxcone.testing.fixtures import monitor_pids, needs_root
+
+pytestmark = [pytest.mark.root, needs_root]
+
+
+def spec(rootfs: str, name: str = "ct1", **kw) -> ContainerSpec:
+    kw.setdefault("stop_signal", STOP_SIGNAL)
+    return ContainerSpec(name=name, rootfs=rootfs, **kw)
+
+
+def sh(rt: Runtime, name: str, script: str, timeout: float = 20) -> str:
+    r = rt.exec(name, ["/bin/sh", "-c", script], timeout=timeout)
+    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
+    return r.stdout.decode()
+
+
+def wait_for(pred, timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if pred():
+            return
+        time.sleep(0.02)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def host_ids(pid: int) -> tuple[int, int]:
+    with open(f"/proc/{pid}/status") as f:
+        fields = dict(line.split(":", 1) for line in f if ":" in line)
+    return int(fields["Uid"].split()[0]), int(fields["Gid"].split()[0])
+
+
+def test_busybox_container_is_isolated(runtime, busybox_rootfs):
+    s = runtime.run(spec(busybox_rootfs, hostname="isolated"))
+    assert s.status == "running"
+    assert sh(runtime, "ct1", "hostname").strip() == "isolated"
+    # init is pid 1 and no host process is visible: only init, its children and us
+    ps = sh(runtime, "ct1", "ps -o pid,comm")
+    pids = [int(line.split()[0]) for line in ps.splitlines()[1:]]
+    assert 1 in pids and max(pids) < 100, ps
+    assert "process_api" not in ps and "pytest" not in ps
+    # own network namespace with only lo (no NIC configured)
+    assert sh(runtime, "ct1", "ls /sys/class/net").split() == ["lo"]
+    assert os.readlink(f"/proc/{s.pid}/ns/net") != os.readlink("/proc/self/ns/net")
+    for ns in ("mnt", "pid", "uts", "ipc", "cgroup", "user"):
+        assert os.readlink(f"/proc/{s.pid}/ns/{ns}") != os.readlink(f"/proc/self/ns/{ns}"), ns
+
+
+def test_unprivileged_root_maps_to_high_host_uid(runtime, busybox_rootfs):
+    s = runtime.run(spec(busybox_rootfs))
+    assert sh(runtime, "ct1", "id -u").strip() == "0"
+    assert host_ids(s.pid) == (100000, 100000)
+    assert sh(runtime, "ct1", "cat /proc/self/uid_map").split() == ["0", "100000", "65536"]
+    # idmapped rootfs: files owned by 0 on disk show as root inside, no chown happened
+    assert os.stat(os.path.join(busybox_rootfs, "bin/busybox")).st_uid == 0
+    assert sh(runtime, "ct1", "stat -c %u /bin/busybox").strip() == "0"
+    # root inside cannot load modules or set the clock (bounding set drop)
+    assert "0000000000" not in sh(runtime, "ct1", "grep CapBnd /proc/1/status")
+
+
+def test_privileged_container_has_no_user_namespace(runtime, busybox_rootfs):
+    s = runtime.run(spec(busybox_rootfs, privileged=True))
+    assert os.readlink(f"/proc/{s.pid}/ns/user") == os.readlink("/proc/self/ns/user")
+    assert host_ids(s.pid) == (0, 0)
+    assert sh(runtime, "ct1", "id -u").strip() == "0"
+
+
+def test_exec_returns_exit_code_output_and_stderr(runtime, busybox_rootfs):
+    runtime.run(spec(busybox_rootfs))
+    r = runtime.exec("ct1", ["/bin/sh", "-c", "echo out; echo err >&2; exit 7"])
+    assert (r.returncode, r.stdout, r.stderr) == (7, b"out\n", b"err\n")
+    r = runtime.exec("ct1", ["cat"], input=b"x" * 200000)
+    assert r.stdout == b"x" * 200000
+    r = runtime.exec("ct1", ["/bin/sh", "-c", "kill -9 $$"])
+    assert r.returncode == -9
+    with pytest.raises(FileNotFoundError, match="execve"):
+        runtime.exec("ct1", ["/no/such/command"])
+    with pytest.raises(TimeoutError):
+        runtime.exec("ct1", ["sleep", "30"], timeout=0.3)
+
+
+def test_exec_joins_the_container_cgroups(runtime, busybox_rootfs):
+    runtime.run(spec(busybox_rootfs))
+    cg = sh(runtime, "ct1", "cat /proc/self/cgroup")
+    # cgroup namespace: the container sees its own cgroup as the root
+    assert all(line.endswith(":/") for line in cg.split()), cg
+
+
+def test_console_output_is_readable(runtime, busybox_rootfs):
+    runtime.run(spec(busybox_rootfs, hostname="con"))
+    wait_for(lambda: b"lxcone busybox: con up" in runtime.console_log("ct1"), what="boot message")
+
+
+def test_graceful_stop_runs_the_guest_shutdown(runtime, busybox_rootfs):
+    runtime.run(spec(busybox_rootfs))
+    s = runtime.stop("ct1", timeout=10)
+    assert s.status == "stopped"
+    assert b"lxcone: shutting down" in runtime.console_log("ct1")
+    # poweroff in a pid namespace ends init with SIGINT (pid_namespaces(7))
+    assert s.exit == "signaled 2"
+    assert runtime.stop("ct1").status == "stopped"  # idempotent
+
+
+def test_stop_kills_after_timeout_when_init_ignores_the_signal(runtime, busybox_rootfs):
+    # SIGWINCH is ignored by busybox init: the graceful stop must fall back to SIGKILL
+    runtime.run(spec(busybox_rootfs, stop_signal=int(signal.SIGWINCH)))
+    t = time.monotonic()
+    s = runtime.stop("ct1", timeout=0.5)
+    assert s.status == "stopped" and s.exit == "signaled 9"
+    assert time.monotonic() - t < 10
+
+
+def test_kill_then_restart_then_delete(runtime, busybox_rootfs, cgroup_parent):
+    runtime.run(spec(busybox_rootfs))
+    assert runtime.kill("ct1").status == "stopped"
+    s = runtime.start("ct1")
+    assert s.status == "running"
+    with pytest.raises(InvalidTransition):
+        runtime.start("ct1")
+    with pytest.raises(InvalidTransition):
+        runtime.delete("ct1")
+    runtime.delete("ct1", force=True)
+    assert runtime.list() == []
+
+
+def test_freeze_stops_progress_and_thaw_resumes(runtime, busybox_rootfs):
+    runtime.run(spec(busybox_rootfs))
+    loop = "i=0; while :; do i=$((i+1)); echo $i > /tmp/n.new; mv /tmp/n.new /tmp/n; done"
+    pid = runtime.spawn("ct1", ["/bin/sh", "-c", loop])
+    count = lambda: int(sh(runtime, "ct1", "cat /tmp/n").strip() or 0)  # noqa: E731
+    wait_for(lambda: count() > 10, what="counter")
+    runtime.freeze("ct1")
+    assert runtime.state("ct1").status == "frozen"
+    with pytest.raises(InvalidTransition):
+        runtime.exec("ct1", ["true"])
+    # read from the host side: exec is refused while frozen
+    counter = Path(f"/proc/{runtime.state('ct1').pid}/root/tmp/n")
+    frozen_at = int(counter.read_text())
+    time.sleep(0.3)
+    assert int(counter.read_text()) == frozen_at
+    runtime.thaw("ct1")
+    assert runtime.state("ct1").status == "running"
+    wait_for(lambda: count() > frozen_at + 10, what="progress after thaw")
+    runtime.kill("ct1")  # must not hang on the spawned loop, which the runtime reaps
+    assert runtime.wait(pid) == -signal.SIGKILL
+
+
+def test_reboot_inside_restarts_the_container(runtime, busybox_rootfs):
+    s1 = runtime.run(spec(busybox_rootfs, hostname="rb"))
+    subprocess.run([sys.executable, "-c", ""], check=True)  # keep the call shape simple
+    runtime.exec("ct1", ["/bin/sh", "-c", "reboot"])
+    wait_for(lambda: (runtime.state("ct1").pid or s1.pid) != s1.pid, timeout=15, what="new init")
+    s2 = runtime.state("ct1")
+    assert s2.status == "running" and s2.monitor_pid == s1.monitor_pid
+    wait_for(lambda: runtime.console_log("ct1").count(b"lxcone busybox: rb up") == 2,
+             what="second boot")
+    assert sh(runtime, "ct1", "hostname").strip() == "rb"
+
+
+def test_container_survives_its_monitor_being_killed(runtime, busybox_rootfs):
+    s = runtime.run(spec(busybox_rootfs))
+    os.kill(s.monitor_pid, signal.SIGKILL)
+    os.waitpid(s.monitor_pid, 0)
+    assert runtime.state("ct1").status == "running"
+    assert sh(runtime, "ct1", "echo alive").strip() == "alive"
+    runtime.freeze("ct1")
+    runtime.thaw("ct1")
+    assert runtime.kill("ct1").status == "stopped"
+
+
+def test_container_outlives_the_process_that_started_it(run_dir, cgroup_parent, host_netns,
+                                                        busybox_rootfs):
+    code = (
+        "import sys; from lxcone.runtime import Runtime, ContainerSpec\n"
+        f"rt = Runtime({run_dir!r}, {cgroup_parent!r}, {host_netns!r})\n"
+        f"rt.run(ContainerSpec(name='orphan', rootfs={busybox_rootfs!r},\n"
+        f"                     stop_signal={STOP_SIGNAL}))\n"
+        "import os; os._exit(0)  # a crash: no cleanup of any kind\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=30)
+    rt = Runtime(run_dir, cgroup_parent, host_netns)
+    assert rt.state("orphan").status == "running"
+    assert sh(rt, "orphan", "echo still here").strip() == "still here"
+    assert rt.stop("orphan").status == "stopped"
+    rt.delete("orphan")
+
+
+def test_memory_hog_is_oom_killed_at_the_limit(runtime, busybox_rootfs):
+    limit = 48 << 20
+    runtime.run(spec(busybox_rootfs, resources=Resources(memory_limit_bytes=limit)))
+    # tmpfs pages are charged to the writer's memory cgroup: writing past the limit must end
+    # in the OOM killer (there is no swap on these machines to push them to)
+    r = runtime.exec("ct1", ["/bin/sh", "-c", "dd if=/dev/zero of=/dev/shm/hog bs=1M count=200"],
+                     timeout=60)
+    assert r.returncode != 0
+    stats = runtime_stats(runtime)
+    assert stats.oom_events and stats.oom_events > 0
+    assert stats.memory_limit_bytes == limit
+    assert runtime.state("ct1").status == "running"  # init survives (it was not the hog)
+
+
+def runtime_stats(runtime):
+    from lxcone.cgroups import from_paths
+    from lxcone.runtime import state as st
+
+    s = st.read_state(runtime.run_dir / "ct1")
+    return from_paths(s["cgroup_paths"]).stats()
+
+
+def test_cpu_quota_throttles_a_busy_loop(runtime, busybox_rootfs):
+    half_cpu = Resources(cpu_quota_us=50_000, cpu_period_us=100_000)
+    runtime.run(spec(busybox_rootfs, resources=half_cpu))
+    pid = runtime.spawn("ct1", ["/bin/sh", "-c", "while :; do :; done"])
+    before = runtime_stats(runtime)
+    time.sleep(1.0)
+    after = runtime_stats(runtime)
+    os.kill(pid, signal.SIGKILL)
+    runtime.wait(pid)
+    assert after.cpu_nr_throttled > before.cpu_nr_throttled
+    used = (after.cpu_usage_ns - before.cpu_usage_ns) / 1e9
+    assert used < 0.8, f"{used:.2f} s of CPU in 1 s under a 0.5 CPU quota"
+
+
+def test_nic_on_a_bridge_is_configured_and_reachable(runtime, busybox_rootfs, host_netns):
+    from lxcone.netns import Address, NicSpec
+
+    nic = NicSpec(host_name="one-1-0", guest_name="eth0", mac="02:00:0a:00:00:02", mtu=1400,
+                  bridge="lxbr0", addresses=(Address("10.77.0.2", 24),), gateway="10.77.0.1")
+    runtime.run(spec(busybox_rootfs, nics=(nic,)))
+    subprocess.run(["nsenter", f"--net={host_netns}", "ip", "addr", "add", "10.77.0.1/24",
+                    "dev", "lxbr0"], check=True)
+    out = sh(runtime, "ct1", "ip addr show eth0; ip route")
+    assert "10.77.0.2/24" in out and "02:00:0a:00:00:02" in out and "mtu 1400" in out
+    assert "default via 10.77.0.1" in out
+    sh(runtime, "ct1", "ping -c1 -W2 10.77.0.1")
+    # hot-plug a second NIC, then unplug it
+    nic2 = NicSpec(host_name="one-1-1", guest_name="eth1", bridge="lxbr0",
+                   addresses=(Address("10.77.0.3", 24),))
+    runtime.add_nic("ct1", nic2)
+    assert "10.77.0.3/24" in sh(runtime, "ct1", "ip addr show eth1")
+    runtime.remove_nic("ct1", "one-1-1")
+    assert "eth1" not in sh(runtime, "ct1", "ls /sys/class/net")
+    runtime.kill("ct1")
+    links = subprocess.run(["nsenter", f"--net={host_netns}", "ip", "-o", "link"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "one-1-0" not in links and "one-1-1" not in links
+
+
+def test_bind_mount_is_visible_and_readonly_when_asked(runtime, busybox_rootfs, tmp_path):
+    from lxcone.runtime import Bind
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "hello").write_text("hi\n")
+    runtime.run(spec(busybox_rootfs, binds=(Bind(str(data), "/mnt/data", readonly=True),)))
+    assert sh(runtime, "ct1", "cat /mnt/data/hello") == "hi\n"
+    r = runtime.exec("ct1", ["/bin/sh", "-c", "touch /mnt/data/x"])
+    assert r.returncode != 0 and b"Read-only" in r.stderr
+
+
+def test_duplicate_name_is_refused(runtime, busybox_rootfs):
+    runtime.run(spec(busybox_rootfs))
+    with pytest.raises(ContainerExists):
+        runtime.run(spec(busybox_rootfs))
+    assert runtime.state("ct1").status == "running"
+
+
+@pytest.mark.parametrize("bad", [
+    {"rootfs": "/nonexistent/rootfs"},
+    {"rootfs": "/etc/hostname"},
+    {"init": ("/sbin/no-such-init",)},
+    {"name": "../escape"},
+    {"name": "a/b"},
+    {"name": "x; rm -rf /"},
+    {"hostname": "bad host"},
+    {"resources": Resources(memory_limit_bytes=-5)},
+    {"resources": Resources(cpu_quota_us=0)},
+])
+def test_bad_input_is_refused_and_leaves_nothing(runtime, busybox_rootfs, bad):
+    s = spec(busybox_rootfs).with_changes(**bad)
+    with pytest.raises((SpecError, ValueError, OSError)):
+        runtime.run(s)
+    assert runtime.list() == []
+    assert not os.path.exists(runtime.run_dir / "ct1")
+
+
+def test_failure_inside_setup_reports_the_step_and_cleans_up(runtime, busybox_rootfs, tmp_path):
+    from lxcone.runtime import Bind, StartError
+
+    src = tmp_path / "vanishing"
+    src.mkdir()
+    s = spec(busybox_rootfs, binds=(Bind(str(src), "/mnt/v"),))
+    runtime.create(s)
+    src.rmdir()  # the bind source disappears between create and start
+    with pytest.raises(StartError, match="open_tree"):
+        runtime.start("ct1")
+    assert runtime.state("ct1").status == "created"
+    assert not monitor_pids(str(runtime.run_dir))
+    runtime.delete("ct1")
