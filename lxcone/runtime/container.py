@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lxcone import native
-from lxcone.cgroups import CgroupManager, from_paths, new_manager
+from lxcone.cgroups import CgroupManager, Stats, from_paths, new_manager
 from lxcone.runtime import state as st
 from lxcone.runtime.errors import (
     ContainerExists,
@@ -455,6 +455,11 @@ class Runtime:
             self.wait(pid)
             raise
         return ExecResult(self.wait(pid), out, err)
+
+    def stats(self, name: str) -> Stats:
+        """Usage and limits from the container's cgroups (partial, never failing as a whole)."""
+        _, s = self._load(name)
+        return self._cgroups(s).stats()
 
     def console_socket(self, name: str) -> str:
         """Path of the unix socket that serves the console of a running container."""

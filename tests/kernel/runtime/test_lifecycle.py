@@ -214,27 +214,19 @@ def test_memory_hog_is_oom_killed_at_the_limit(runtime, busybox_rootfs):
     r = runtime.exec("ct1", ["/bin/sh", "-c", "dd if=/dev/zero of=/dev/shm/hog bs=1M count=200"],
                      timeout=60)
     assert r.returncode != 0
-    stats = runtime_stats(runtime)
+    stats = runtime.stats("ct1")
     assert stats.oom_events and stats.oom_events > 0
     assert stats.memory_limit_bytes == limit
     assert runtime.state("ct1").status == "running"  # init survives (it was not the hog)
-
-
-def runtime_stats(runtime):
-    from lxcone.cgroups import from_paths
-    from lxcone.runtime import state as st
-
-    s = st.read_state(runtime.run_dir / "ct1")
-    return from_paths(s["cgroup_paths"]).stats()
 
 
 def test_cpu_quota_throttles_a_busy_loop(runtime, busybox_rootfs):
     half_cpu = Resources(cpu_quota_us=50_000, cpu_period_us=100_000)
     runtime.run(spec(busybox_rootfs, resources=half_cpu))
     pid = runtime.spawn("ct1", ["/bin/sh", "-c", "while :; do :; done"])
-    before = runtime_stats(runtime)
+    before = runtime.stats("ct1")
     time.sleep(1.0)
-    after = runtime_stats(runtime)
+    after = runtime.stats("ct1")
     os.kill(pid, signal.SIGKILL)
     runtime.wait(pid)
     assert after.cpu_nr_throttled > before.cpu_nr_throttled
