@@ -305,25 +305,13 @@ class Runtime:
     # -- stop / kill --------------------------------------------------------------------------
 
     def stop(self, name: str, timeout: float = 10.0) -> ContainerState:
-        """Ask init to power off (spec.stop_signal), wait up to ``timeout`` s, then kill."""
+        """Ask init to power off (spec.stop_signal), wait up to ``timeout`` s, then kill.
+        Idempotent: stopping a stopped container just reports it."""
         d, s = self._load(name)
         spec = ContainerSpec.from_dict(s["spec"])
         info = st.read_init(d)
-        if info is None or not info.alive():
-            return self.state(name)  # already stopped: stop is idempotent
-        mgr = self._cgroups(s)
-        pidfd = native.pidfd_open(info.pid)
-        try:
-            if mgr.freezer_state() != "THAWED":
-                mgr.thaw()  # a frozen init cannot act on the signal
-            native.pidfd_send_signal(pidfd, spec.stop_signal)
-            if not self._wait_exit(name, pidfd, timeout):
-                native.pidfd_send_signal(pidfd, signal.SIGKILL)
-                self._wait_exit(name, pidfd, 10.0)
-        except ProcessLookupError:
-            pass
-        finally:
-            os.close(pidfd)
+        if info is not None and info.alive():
+            self._terminate(name, s, info, spec.stop_signal, timeout)
         return self._finish_stop(name, d, s, spec, info)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> ContainerState:
@@ -331,28 +319,43 @@ class Runtime:
         d, s = self._load(name)
         spec = ContainerSpec.from_dict(s["spec"])
         info = st.read_init(d)
-        if info is None or not info.alive():
-            if sig == signal.SIGKILL:
-                return self._finish_stop(name, d, s, spec, info)
-            raise InvalidTransition(name, STOPPED, f"send signal {sig} to")
-        if sig == signal.SIGKILL:
+        alive = info is not None and info.alive()
+        if sig != signal.SIGKILL:
+            if not alive:
+                raise InvalidTransition(name, STOPPED, f"send signal {sig} to")
+            pidfd = native.pidfd_open(info.pid)
+            try:
+                native.pidfd_send_signal(pidfd, sig)
+            finally:
+                os.close(pidfd)
+            return self.state(name)
+        if alive:
             # Delete the host-side veths first: that removes both ends synchronously, where
             # waiting for the dying netns to do it takes tens of ms (LXC's stop cost).
             self._unplug_nics(spec, s)
-        pidfd = native.pidfd_open(info.pid)
+            self._terminate(name, s, info, signal.SIGKILL, 10.0)
+        return self._finish_stop(name, d, s, spec, info)
+
+    def _terminate(self, name: str, s: dict, info: st.InitInfo, sig: int,
+                   timeout: float) -> None:
+        """Send ``sig`` to init and wait up to ``timeout`` s for it to exit, then SIGKILL."""
         try:
-            native.pidfd_send_signal(pidfd, sig)
-            if sig != signal.SIGKILL:
-                return self.state(name)
-            mgr = self._cgroups(s)
-            if mgr.freezer_state() != "THAWED":
-                mgr.thaw()  # v1 freezer: a frozen task does not die until thawed
-            self._wait_exit(name, pidfd, 10.0)
+            pidfd = native.pidfd_open(info.pid)
         except ProcessLookupError:
-            pass
+            return
+        try:
+            mgr = self._cgroups(s)
+            # A frozen init can neither act on a signal nor die (v1 freezer) until thawed.
+            if mgr.freezer_state() != "THAWED":
+                mgr.thaw()
+            native.pidfd_send_signal(pidfd, sig)
+            if not self._wait_exit(name, pidfd, timeout) and sig != signal.SIGKILL:
+                native.pidfd_send_signal(pidfd, signal.SIGKILL)
+                self._wait_exit(name, pidfd, 10.0)
+        except ProcessLookupError:
+            pass  # it exited on its own meanwhile
         finally:
             os.close(pidfd)
-        return self._finish_stop(name, d, s, spec, info)
 
     def _wait_exit(self, name: str, pidfd: int, timeout: float) -> bool:
         """Wait for init (behind ``pidfd``) to exit, reaping our exec'd processes meanwhile.
@@ -398,7 +401,7 @@ class Runtime:
     def _finish_stop(self, name: str, d: Path, s: dict, spec: ContainerSpec,
                      info: st.InitInfo | None) -> ContainerState:
         if info is not None:
-            _wait_gone(info.monitor_pid, 10.0)
+            _wait_gone(info.monitor_pid, d / "config", 10.0)
         self._unplug_nics(spec, s)
         self._cgroups(s).destroy()
         return self.state(name)
@@ -507,11 +510,20 @@ def _reap(pid: int) -> None:
         os.waitpid(pid, 0)
 
 
-def _wait_gone(pid: int, timeout: float) -> None:
+def _wait_gone(pid: int, config: Path, timeout: float) -> None:
     """Wait for a monitor to exit, reaping it when it is our child (pid 1 reaps it otherwise)."""
     try:
         fd = native.pidfd_open(pid)
     except ProcessLookupError:
+        return
+    try:
+        # The monitor may have been killed long ago and its pid reused: only wait for ours.
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            ours = f.read().split(b"\0")[1:2] == [bytes(config)]
+    except OSError:
+        ours = False
+    if not ours:
+        os.close(fd)
         return
     try:
         _wait_fd(fd, timeout)
