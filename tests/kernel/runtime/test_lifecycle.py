@@ -310,3 +310,23 @@ def test_failure_inside_setup_reports_the_step_and_cleans_up(runtime, busybox_ro
     assert runtime.state("ct1").status == "created"
     assert not monitor_pids(str(runtime.run_dir))
     runtime.delete("ct1")
+
+
+def test_console_can_be_attached_later_and_is_interactive(runtime, busybox_rootfs):
+    import socket
+
+    runtime.run(spec(busybox_rootfs))
+    wait_for(lambda: b"press Enter" in runtime.console_log("ct1"), what="askfirst prompt")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.connect(runtime.console_socket("ct1"))
+        s.settimeout(10)
+        s.sendall(b"\n")  # activates busybox's askfirst shell on /dev/console
+        time.sleep(0.3)
+        s.sendall(b"echo from-the-console-$((6*7))\n")
+        seen = b""
+        while b"from-the-console-42" not in seen:
+            chunk = s.recv(4096)
+            assert chunk, f"console closed; saw {seen!r}"
+            seen += chunk
+    # the output was logged too, for whoever attaches later
+    assert b"from-the-console-42" in runtime.console_log("ct1")
