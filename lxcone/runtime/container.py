@@ -168,13 +168,15 @@ class Runtime:
             )
             os.close(status_w)
             os.close(ctl_r)
+            if not spec.nics:
+                os.write(ctl_w, b"go\n")  # nothing to plug: let the monitor go on at once
             reply = _read_line(status_r)
             if not reply.startswith("pid "):
                 raise _start_error(reply, name, d)
             pid = int(reply.split()[1])
             if spec.nics:
                 self._plug_nics(spec, pid)
-            os.write(ctl_w, b"go\n")
+                os.write(ctl_w, b"go\n")
             reply = _read_line(status_r)
             if reply != "running":
                 raise _start_error(reply, name, d)
@@ -191,7 +193,8 @@ class Runtime:
             for fd in (status_r, ctl_w):
                 if fd >= 0:
                     os.close(fd)
-        return self.state(name)
+        # The monitor wrote the init file before "running": no need to read it back.
+        return ContainerState(name, RUNNING, pid, monitor_pid, None)
 
     def _write_monitor_config(self, d: Path, spec: ContainerSpec, mgr: CgroupManager) -> None:
         flags = _NS_ALWAYS
@@ -330,32 +333,37 @@ class Runtime:
                 os.close(pidfd)
             return self.state(name)
         if alive:
-            # Delete the host-side veths first: that removes both ends synchronously, where
-            # waiting for the dying netns to do it takes tens of ms (LXC's stop cost).
-            self._unplug_nics(spec, s)
-            self._terminate(name, s, info, signal.SIGKILL, 10.0)
-        return self._finish_stop(name, d, s, spec, info)
+            self._terminate(name, s, info, signal.SIGKILL, 10.0, unplug=spec)
+        return self._finish_stop(name, d, s, spec, info, unplugged=alive)
 
-    def _terminate(self, name: str, s: dict, info: st.InitInfo, sig: int,
-                   timeout: float) -> None:
-        """Send ``sig`` to init and wait up to ``timeout`` s for it to exit, then SIGKILL."""
+    def _terminate(self, name: str, s: dict, info: st.InitInfo, sig: int, timeout: float,
+                   unplug: ContainerSpec | None = None) -> None:
+        """Send ``sig`` to init and wait up to ``timeout`` s for it to exit, then SIGKILL.
+        With ``unplug``, delete its NICs while init dies (whatever happens to init)."""
+        pidfd = -1
         try:
             pidfd = native.pidfd_open(info.pid)
-        except ProcessLookupError:
-            return
-        try:
             mgr = self._cgroups(s)
             # A frozen init can neither act on a signal nor die (v1 freezer) until thawed.
             if mgr.freezer_state() != "THAWED":
                 mgr.thaw()
             native.pidfd_send_signal(pidfd, sig)
+            if unplug is not None:
+                # Deleting a veth costs ~18 ms of RCU waits in the kernel, in our thread: do it
+                # while init dies on the other CPU. Deleting it ourselves (rather than letting
+                # the dying netns do it, asynchronously) means the name is free on return.
+                self._unplug_nics(unplug, s)
+                unplug = None
             if not self._wait_exit(name, pidfd, timeout) and sig != signal.SIGKILL:
                 native.pidfd_send_signal(pidfd, signal.SIGKILL)
                 self._wait_exit(name, pidfd, 10.0)
         except ProcessLookupError:
             pass  # it exited on its own meanwhile
         finally:
-            os.close(pidfd)
+            if pidfd >= 0:
+                os.close(pidfd)
+            if unplug is not None:
+                self._unplug_nics(unplug, s)
 
     def _wait_exit(self, name: str, pidfd: int, timeout: float) -> bool:
         """Wait for init (behind ``pidfd``) to exit, reaping our exec'd processes meanwhile.
@@ -399,10 +407,11 @@ class Runtime:
         return os.waitstatus_to_exitcode(status)
 
     def _finish_stop(self, name: str, d: Path, s: dict, spec: ContainerSpec,
-                     info: st.InitInfo | None) -> ContainerState:
+                     info: st.InitInfo | None, unplugged: bool = False) -> ContainerState:
         if info is not None:
             _wait_gone(info.monitor_pid, d / "config", 10.0)
-        self._unplug_nics(spec, s)
+        if not unplugged:
+            self._unplug_nics(spec, s)
         self._cgroups(s).destroy()
         return self.state(name)
 
@@ -516,12 +525,17 @@ def _wait_gone(pid: int, config: Path, timeout: float) -> None:
         fd = native.pidfd_open(pid)
     except ProcessLookupError:
         return
+    # The monitor may have been killed long ago and its pid reused: only wait for ours. A
+    # zombie has no cmdline left (its pid cannot be reused yet), but keeps its comm.
     try:
-        # The monitor may have been killed long ago and its pid reused: only wait for ours.
         with open(f"/proc/{pid}/cmdline", "rb") as f:
-            ours = f.read().split(b"\0")[1:2] == [bytes(config)]
-    except OSError:
-        ours = False
+            cmdline = f.read()
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            comm = f.read().split(b" (", 1)[1].rsplit(b") ", 1)[0]
+    except (OSError, IndexError):
+        cmdline, comm = b"", b""
+    ours = (cmdline.split(b"\0")[1:2] == [bytes(config)] if cmdline
+            else comm == b"lxcone-monitor")
     if not ours:
         os.close(fd)
         return

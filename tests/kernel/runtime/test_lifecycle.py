@@ -330,3 +330,28 @@ def test_console_can_be_attached_later_and_is_interactive(runtime, busybox_rootf
             seen += chunk
     # the output was logged too, for whoever attaches later
     assert b"from-the-console-42" in runtime.console_log("ct1")
+
+
+def zombie_monitor_children() -> list[int]:
+    """Our own children that are lxcone-monitor zombies (the runtime must reap them)."""
+    me = str(os.getpid())
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        rest = stat.rsplit(") ", 1)[1].split()
+        if "(lxcone-monitor)" in stat and rest[0] == "Z" and rest[1] == me:
+            found.append(int(pid))
+    return found
+
+
+def test_monitors_are_reaped_even_when_the_container_stopped_on_its_own(runtime, busybox_rootfs):
+    s = runtime.run(spec(busybox_rootfs))
+    runtime.exec("ct1", ["/bin/sh", "-c", "poweroff"])
+    wait_for(lambda: runtime.state("ct1").status == "stopped", timeout=15, what="self poweroff")
+    wait_for(lambda: s.monitor_pid in zombie_monitor_children(), what="monitor exit")
+    assert runtime.stop("ct1").status == "stopped"
+    assert zombie_monitor_children() == []
+    assert runtime.state("ct1").exit == "signaled 2"
