@@ -1,0 +1,181 @@
+"""Shared settings and the LXCoNe side of the benchmarks.
+
+``LXCONE_BENCH_QUICK=1`` turns every benchmark into a 3-round smoke run (the test suite may run
+it to prove the benchmarks still work); the figures from a quick run mean nothing.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import statistics
+import time
+from pathlib import Path
+
+import peers
+
+QUICK = os.environ.get("LXCONE_BENCH_QUICK", "") not in ("", "0")
+#: Pause before every timed round, after the previous round's cleanup, so asynchronous kernel
+#: work it started (netns teardown, RCU frees) does not land in the next measurement. Same for
+#: every peer.
+SETTLE_S = float(os.environ.get("LXCONE_BENCH_SETTLE_MS", "0" if QUICK else "30")) / 1000
+#: How long the "idle host" rounds (group start-idle) leave the machine alone before the step.
+IDLE_HOST_S = 0.1
+
+BRIDGE = "lxbbr0"
+SUBNET = "10.213.78"
+
+
+#: Errors the runtime under test raised and the harness worked around, by call site and message;
+#: conftest puts them into the JSON and report.py lists them. They are bugs to report, not noise.
+RUNTIME_ERRORS: dict[str, int] = {}
+
+
+def note_error(where: str, exc: BaseException) -> None:
+    # Container names differ per round; keep one key per kind of failure.
+    key = re.sub(r"lx[obr][0-9a-f]{6}-[\w.-]+", "<name>", f"{where}: {type(exc).__name__}: {exc}")
+    RUNTIME_ERRORS[key] = RUNTIME_ERRORS.get(key, 0) + 1
+
+
+def rounds(n: int, quick: int = 3) -> int:
+    """``n`` rounds normally, ``quick`` in quick mode."""
+    return quick if QUICK else n
+
+
+def settle() -> None:
+    """Between cleanup and the timed step: reap, pause, then prime the cgroup write lock.
+
+    Moving a task into a cgroup (a write to cgroup.procs, which every runtime here does on start
+    and attach, and LXC's monitor on stop) takes the kernel's cgroup_threadgroup_rwsem for
+    writing. Its rcu_sync stays in the fast mode for a grace period after the last writer; after
+    ~30 ms of quiet the next writer waits a full RCU grace period, 6-8 ms on this VM (measured:
+    0.02 ms back to back, 5.9 ms after 30 ms idle, 7.8 ms after 100 ms). Which peer pays it
+    would depend on what its own cleanup happened to write, so every round starts from the same
+    state: one no-op write (our own pid into our own pids cgroup) right before the step. The
+    idle-host cost is measured separately (group start-idle, ``idle_host()``).
+    """
+    peers.reap_orphans()
+    if SETTLE_S:
+        time.sleep(SETTLE_S)
+    peers.prime_cgroup_write_lock()
+
+
+def idle_host() -> None:
+    """Setup tail for the start-idle group: leave the host quiet, do not prime (the cold path)."""
+    peers.reap_orphans()
+    time.sleep(IDLE_HOST_S)
+
+
+def percentile(data: list[float], p: float) -> float:
+    """Nearest-rank percentile (p in 0..100) of a non-empty list."""
+    s = sorted(data)
+    k = max(0, min(len(s) - 1, math.ceil(p / 100 * len(s)) - 1))
+    return s[k]
+
+
+def record_tails(benchmark) -> None:
+    """Put p95/p99 (nearest rank) into extra_info; pytest-benchmark itself stops at quartiles."""
+    data = list(benchmark.stats.stats.data)
+    if data:
+        benchmark.extra_info["p95_s"] = percentile(data, 95)
+        benchmark.extra_info["p99_s"] = percentile(data, 99)
+        benchmark.extra_info["median_s"] = statistics.median(data)
+
+
+class Ours:
+    """An ``lxcone.runtime.Runtime`` with a unique run dir and cgroup parent, plus spec helpers
+    that match the LXC and crun configurations (same rootfs, busybox init, SIGUSR2 halt)."""
+
+    def __init__(self, run_dir: Path, cgroup_parent: str, host_netns: str, rootfs: str) -> None:
+        from lxcone.runtime import Runtime
+
+        self.run_dir = run_dir
+        self.cgroup_parent = cgroup_parent
+        self.host_netns = host_netns
+        self.rootfs = rootfs
+        self.rt = Runtime(run_dir=str(run_dir), cgroup_parent=cgroup_parent,
+                          host_netns=host_netns)
+
+    def spec(self, name: str, privileged: bool = False, nic: tuple[str, int] | None = None,
+             limits: bool = False):
+        """A ContainerSpec; ``nic=(host_name, host_octet)`` adds a veth on the bench bridge."""
+        from lxcone.cgroups import Resources
+        from lxcone.images.busybox import STOP_SIGNAL
+        from lxcone.runtime import ContainerSpec
+
+        kw = {}
+        if nic is not None:
+            from lxcone.netns import Address, NicSpec
+
+            host_name, octet = nic
+            kw["nics"] = (NicSpec(host_name=host_name, bridge=BRIDGE,
+                                  addresses=(Address(f"{SUBNET}.{octet}", 24),)),)
+        if limits:
+            kw["resources"] = Resources(memory_limit_bytes=256 << 20, cpu_quota_us=50_000,
+                                        cpu_period_us=100_000)
+        return ContainerSpec(name=name, rootfs=self.rootfs, stop_signal=STOP_SIGNAL,
+                             privileged=privileged, **kw)
+
+    def kill(self, name: str) -> None:
+        """``Runtime.kill(name)``, finished by a second call if the first one lost the race
+        with the monitor's own cgroup cleanup (the call and the error are recorded)."""
+        from lxcone.runtime import ContainerNotFound
+
+        try:
+            self.rt.kill(name)
+        except ContainerNotFound:  # a FileNotFoundError too, but not this race
+            raise
+        except FileNotFoundError as exc:
+            # Seen here: kill() reads freezer.state after SIGKILL, when lxcone-monitor may
+            # already have removed the cgroup of the dead init.
+            note_error("Runtime.kill", exc)
+            self.rt.kill(name)
+
+    def ensure_gone(self, name: str) -> None:
+        """Untimed cleanup between rounds: kill (if running) and delete the record."""
+        from lxcone.runtime import ContainerNotFound
+
+        try:
+            self.rt.delete(name, force=True)
+        except ContainerNotFound:  # a FileNotFoundError subclass: nothing to clean
+            pass
+        except FileNotFoundError as exc:  # the same race as in kill(), through delete()
+            note_error("Runtime.delete(force=True)", exc)
+            self.rt.delete(name, force=True)
+        peers.reap_orphans()
+
+    def monitors(self) -> list[int]:
+        """Live lxcone-monitor processes whose config lives under our run dir (the oracle)."""
+        prefix = str(self.run_dir).encode()
+        return peers.pids_matching(lambda argv: len(argv) > 1 and argv[0].endswith(
+            b"lxcone-monitor") and argv[1].startswith(prefix))
+
+    def cleanup(self) -> list[str]:
+        """Kill and delete everything, then prove nothing is left; returns the problems."""
+        problems = []
+        try:
+            states = self.rt.list()
+        except Exception as exc:  # the runtime under test may be broken; still clean up
+            problems.append(f"Runtime.list() failed: {exc!r}")
+            states = []
+        for s in states:
+            if s.status in ("running", "frozen"):
+                problems.append(f"lxcone container {s.name} was still {s.status} at teardown")
+            try:
+                self.rt.delete(s.name, force=True)
+            except Exception as exc:
+                problems.append(f"delete({s.name}, force=True) failed: {exc!r}")
+        peers.reap_orphans()
+        left = self.monitors()
+        if left:
+            problems.append(f"lxcone-monitor processes left: {left}")
+            peers.kill_all(left)
+            time.sleep(0.2)
+            peers.reap_orphans()
+        for d in peers.cgroup_dirs(self.cgroup_parent):
+            if peers.has_child_cgroups(d):
+                problems.append(f"cgroups left under {d}: {sorted(os.listdir(d))[:5]}")
+            if not peers.rmdir_tree(d):
+                problems.append(f"could not remove {d}")
+        return problems
