@@ -132,6 +132,18 @@ class Ours:
             note_error("Runtime.kill", exc)
             self.rt.kill(name)
 
+    def ensure_created(self, spec) -> None:
+        """Untimed: the container exists and is stopped, as an LXC container that has been
+        defined (lxc-create) and not started; a running one is killed, not deleted."""
+        from lxcone.runtime import ContainerNotFound
+
+        try:
+            if self.rt.state(spec.name).status in ("running", "frozen"):
+                self.rt.kill(spec.name)
+        except ContainerNotFound:
+            self.rt.create(spec)
+        peers.reap_orphans()
+
     def ensure_gone(self, name: str) -> None:
         """Untimed cleanup between rounds: kill (if running) and delete the record."""
         from lxcone.runtime import ContainerNotFound

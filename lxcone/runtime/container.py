@@ -110,6 +110,9 @@ class Runtime:
             mgr = new_manager(self.cgroup_parent, spec.name)
             st.write_state(d, {"spec": spec.to_dict(), "cgroup_paths": dict(mgr.paths),
                                "host_netns": self.host_netns})
+            # Nothing the monitor reads changes after create (NICs are the runtime's), so the
+            # start path does not rewrite it.
+            self._write_monitor_config(d, spec, mgr)
         except BaseException:
             shutil.rmtree(d, ignore_errors=True)
             raise
@@ -152,7 +155,8 @@ class Runtime:
         monitor_pid = None
         try:
             mgr.set(spec.resources)
-            self._write_monitor_config(d, spec, mgr)
+            if not (d / "config").exists():
+                self._write_monitor_config(d, spec, mgr)
             status_r, status_w = os.pipe2(os.O_CLOEXEC)
             ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
             monitor_pid = os.posix_spawn(
