@@ -76,7 +76,7 @@ class Runtime:
     def _dir(self, name: str) -> Path:
         from lxcone.runtime.spec import NAME_RE
 
-        if not NAME_RE.match(name):
+        if not NAME_RE.fullmatch(name):
             # Never build a path from a hostile name ("../x", "a/b").
             raise ContainerNotFound(name)
         return self.run_dir / name

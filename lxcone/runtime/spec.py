@@ -15,9 +15,10 @@ from typing import Any
 from lxcone.cgroups import Resources
 from lxcone.runtime.errors import SpecError
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# fullmatch only: "$" would also accept a trailing newline ("one-1\n").
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-HOSTNAME_RE = re.compile(rf"^{_LABEL}(\.{_LABEL})*$")
+HOSTNAME_RE = re.compile(rf"{_LABEL}(\.{_LABEL})*")
 DEFAULT_ENV = (
     "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "container=lxcone",
@@ -111,7 +112,7 @@ def _no_newline(value: str) -> bool:
 
 
 def check_name(spec: ContainerSpec) -> str | None:
-    if not NAME_RE.match(spec.name):
+    if not NAME_RE.fullmatch(spec.name):
         return (f"name {spec.name!r} is invalid: use 1-64 letters, digits, '.', '_' or '-', "
                 "starting with a letter or digit")
     return None
@@ -119,7 +120,7 @@ def check_name(spec: ContainerSpec) -> str | None:
 
 def check_hostname(spec: ContainerSpec) -> str | None:
     h = spec.effective_hostname
-    if len(h) > 64 or not HOSTNAME_RE.match(h):
+    if len(h) > 64 or not HOSTNAME_RE.fullmatch(h):
         return f"hostname {h!r} is not a valid host name (letters, digits, '-', '.', max 64)"
     return None
 

@@ -34,6 +34,8 @@ def test_a_good_spec_passes(rootfs):
     ({"name": ""}, "name"),
     ({"name": "../x"}, "name"),
     ({"name": "a" * 65}, "name"),
+    ({"name": "one-1\n"}, "name"),  # "$" in a regex accepts a trailing newline: found by hypothesis
+    ({"hostname": "host\n"}, "hostname"),
     ({"hostname": "-bad"}, "hostname"),
     ({"rootfs": "relative/path"}, "absolute"),
     ({"rootfs": "/"}, "host's /"),
