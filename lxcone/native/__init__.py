@@ -36,15 +36,24 @@ CLONE_NEWPID: int = lib.CLONE_NEWPID
 CLONE_NEWNET: int = lib.CLONE_NEWNET
 CLONE_NEWCGROUP: int = lib.CLONE_NEWCGROUP
 MNT_DETACH: int = lib.MNT_DETACH
+MS_RDONLY: int = lib.MS_RDONLY
+MS_NOSUID: int = lib.MS_NOSUID
+MS_NODEV: int = lib.MS_NODEV
+MS_NOEXEC: int = lib.MS_NOEXEC
+MS_REMOUNT: int = lib.MS_REMOUNT
+MS_BIND: int = lib.MS_BIND
+MS_MOVE: int = lib.MS_MOVE
+MS_REC: int = lib.MS_REC
+MS_PRIVATE: int = lib.MS_PRIVATE
+MS_SLAVE: int = lib.MS_SLAVE
+MS_SHARED: int = lib.MS_SHARED
 
 MONITOR = str(Path(__file__).resolve().parent / "lxcone-monitor")
 
 _MOUNT_FLAGS = {
-    name: getattr(lib, name)
-    for name in (
-        "MS_RDONLY", "MS_NOSUID", "MS_NODEV", "MS_NOEXEC", "MS_REMOUNT", "MS_BIND",
-        "MS_MOVE", "MS_REC", "MS_PRIVATE", "MS_SLAVE", "MS_SHARED",
-    )
+    "MS_RDONLY": MS_RDONLY, "MS_NOSUID": MS_NOSUID, "MS_NODEV": MS_NODEV, "MS_NOEXEC": MS_NOEXEC,
+    "MS_REMOUNT": MS_REMOUNT, "MS_BIND": MS_BIND, "MS_MOVE": MS_MOVE, "MS_REC": MS_REC,
+    "MS_PRIVATE": MS_PRIVATE, "MS_SLAVE": MS_SLAVE, "MS_SHARED": MS_SHARED,
 }
 
 
@@ -103,6 +112,47 @@ def umount(target: str, flags: int = 0) -> None:
     """umount2(2)."""
     if lib.umount2(target.encode(), flags) < 0:
         _raise("umount2", target)
+
+
+def sethostname(name: str) -> None:
+    """sethostname(2) in the caller's UTS namespace (only in a child that unshared it)."""
+    raw = name.encode()
+    if lib.sethostname(raw, len(raw)) < 0:
+        _raise("sethostname", name)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    """pivot_root(2); ``pivot_root(".", ".")`` after chdir stacks the old root on the new."""
+    if lib.lxcone_pivot_root(new_root.encode(), put_old.encode()) < 0:
+        _raise("pivot_root", new_root, put_old)
+
+
+def open_tree(path: str, *, clone: bool = True, recursive: bool = True, dirfd: int = -100) -> int:
+    """A detached copy of the mount tree at ``path`` (OPEN_TREE_CLONE), as a CLOEXEC fd to be
+    attached elsewhere with move_mount (e.g. into a running container's mount namespace)."""
+    flags = lib.OPEN_TREE_CLOEXEC
+    if clone:
+        flags |= lib.OPEN_TREE_CLONE
+    if recursive:
+        flags |= lib.AT_RECURSIVE
+    fd = lib.lxcone_open_tree(dirfd, path.encode(), flags)
+    if fd < 0:
+        _raise("open_tree", path)
+    return fd
+
+
+def move_mount(tree_fd: int, target: str) -> None:
+    """Attach the detached tree ``tree_fd`` (from open_tree) at ``target``."""
+    if lib.lxcone_move_mount(tree_fd, b"", -100, target.encode(),
+                             lib.MOVE_MOUNT_F_EMPTY_PATH) < 0:
+        _raise("move_mount", target)
+
+
+def idmap_tree(tree_fd: int, userns_fd: int) -> None:
+    """Make a detached tree idmapped to a user namespace (mount_setattr MOUNT_ATTR_IDMAP)."""
+    if lib.lxcone_mount_setattr_idmap(tree_fd, b"", lib.AT_EMPTY_PATH | lib.AT_RECURSIVE,
+                                      userns_fd) < 0:
+        _raise("mount_setattr(MOUNT_ATTR_IDMAP)", f"fd {tree_fd}")
 
 
 def pidfd_open(pid: int) -> int:
