@@ -355,3 +355,14 @@ def test_monitors_are_reaped_even_when_the_container_stopped_on_its_own(runtime,
     assert runtime.stop("ct1").status == "stopped"
     assert zombie_monitor_children() == []
     assert runtime.state("ct1").exit == "signaled 2"
+
+
+def test_init_is_born_in_every_container_cgroup(runtime, busybox_rootfs, cgroup_parent):
+    # v2 (the unified side of this hybrid host) through clone3(CLONE_INTO_CGROUP), v1 through
+    # cgroup.procs before init may run: seen from the host, every line names the container.
+    s = runtime.run(spec(busybox_rootfs))
+    lines = Path(f"/proc/{s.pid}/cgroup").read_text().split()
+    assert lines, "no cgroup lines"
+    for line in lines:
+        path = line.split(":", 2)[2]
+        assert path.endswith(f"{cgroup_parent}/ct1"), line
