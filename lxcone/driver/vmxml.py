@@ -80,7 +80,7 @@ class Vm:
     context: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     context_disk_id: int | None = None
     sys_ds_id: int | None = None
-    unprivileged: bool = True
+    unprivileged: bool | None = None  # USER_TEMPLATE/LXC_UNPRIVILEGED; None: the driver default
     swap_mb: int | None = None
     active_snapshot_id: int | None = None
 
@@ -288,7 +288,7 @@ def parse_vm(xml: bytes) -> Vm:
         boot=boot, disks=disks, nics=nics, context=MappingProxyType(context),
         context_disk_id=_int(ctx_el, "DISK_ID"),
         sys_ds_id=_int(history[-1], "DS_ID") if history else None,
-        unprivileged=(_text(user, "LXC_UNPRIVILEGED") or "yes").lower() not in ("no", "false"),
+        unprivileged=_yes(user, "LXC_UNPRIVILEGED") if _text(user, "LXC_UNPRIVILEGED") else None,
         swap_mb=_int(user, "LXC_SWAP", 0, MAX_MEMORY_MB),
         active_snapshot_id=_active_snapshot(tmpl),
     )
