@@ -311,14 +311,17 @@ class Runtime:
 
     # -- stop / kill --------------------------------------------------------------------------
 
-    def stop(self, name: str, timeout: float = 10.0) -> ContainerState:
-        """Ask init to power off (spec.stop_signal), wait up to ``timeout`` s, then kill.
+    def stop(self, name: str, timeout: float = 10.0, kill_after: bool = True) -> ContainerState:
+        """Ask init to power off (spec.stop_signal), wait up to ``timeout`` s, then kill it, or
+        with ``kill_after=False`` leave it running and return its (running) state.
         Idempotent: stopping a stopped container just reports it."""
         d, s = self._load(name)
         spec = ContainerSpec.from_dict(s["spec"])
         info = st.read_init(d)
         if info is not None and info.alive():
-            self._terminate(name, s, info, spec.stop_signal, timeout)
+            self._terminate(name, s, info, spec.stop_signal, timeout, escalate=kill_after)
+            if not kill_after and info.alive():
+                return self.state(name)
         return self._finish_stop(name, d, s, spec, info)
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> ContainerState:
@@ -341,7 +344,7 @@ class Runtime:
         return self._finish_stop(name, d, s, spec, info, unplugged=alive)
 
     def _terminate(self, name: str, s: dict, info: st.InitInfo, sig: int, timeout: float,
-                   unplug: ContainerSpec | None = None) -> None:
+                   unplug: ContainerSpec | None = None, escalate: bool = True) -> None:
         """Send ``sig`` to init and wait up to ``timeout`` s for it to exit, then SIGKILL.
         With ``unplug``, delete its NICs while init dies (whatever happens to init)."""
         pidfd = -1
@@ -358,7 +361,8 @@ class Runtime:
                 # the dying netns do it, asynchronously) means the name is free on return.
                 self._unplug_nics(unplug, s)
                 unplug = None
-            if not self._wait_exit(name, pidfd, timeout) and sig != signal.SIGKILL:
+            if (not self._wait_exit(name, pidfd, timeout) and sig != signal.SIGKILL
+                    and escalate):
                 native.pidfd_send_signal(pidfd, signal.SIGKILL)
                 self._wait_exit(name, pidfd, 10.0)
         except ProcessLookupError:

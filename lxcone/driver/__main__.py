@@ -1,0 +1,5 @@
+import sys
+
+from lxcone.driver.main import main
+
+sys.exit(main())

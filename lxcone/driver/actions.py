@@ -1,0 +1,151 @@
+"""One function per VMM action, called with the parsed argv and the VM from stdin.
+
+Argv positions follow OpenNebula's one_vmm_exec (protocol doc §3 and addendum A.2); the MAD
+appends ``<vm_id> <host>`` to every action. Each function returns what the action prints on
+stdout ("" for most) and raises on failure; ``main`` turns errors into ERROR lines and exit codes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from lxcone.driver.config import DriverConfig
+from lxcone.driver.vmxml import DEPLOY_ID_RE, Vm
+from lxcone.runtime import (
+    FROZEN,
+    RUNNING,
+    ContainerNotFound,
+    Runtime,
+)
+
+
+class ActionError(OSError):
+    """An action that cannot do what OpenNebula asked; the message is the VM log line."""
+
+
+class NotSupported(ActionError):
+    def __init__(self, action: str, why: str) -> None:
+        super().__init__(errno.EOPNOTSUPP, f"{action}: operation not supported: {why}")
+
+
+@dataclass(frozen=True)
+class Call:
+    action: str
+    args: tuple[str, ...]   # the action's own arguments, without the appended vm_id and host
+    vm_id: int
+    host: str
+    vm: Vm | None           # from stdin, when the action gets one
+    cfg: DriverConfig
+
+    @property
+    def runtime(self) -> Runtime:
+        return Runtime(self.cfg.run_dir, self.cfg.cgroup_parent, self.cfg.host_netns)
+
+
+# action -> number of its own positional arguments (before "<vm_id> <host>")
+ARITY: dict[str, int] = {
+    "deploy": 2, "shutdown": 2, "cancel": 2, "reboot": 2, "reset": 2, "poll": 2,
+    "save": 3, "restore": 3, "migrate": 3, "attach_disk": 5, "detach_disk": 4,
+    "attach_nic": 6, "detach_nic": 2, "prereconfigure": 2, "reconfigure": 3,
+    "snapshot_create": 2, "snapshot_revert": 2, "snapshot_delete": 2, "resize_disk": 5,
+    "resize": 1,
+}
+
+
+def deploy_id_arg(call: Call, value: str) -> str:
+    """The deploy id an action was given must be ours and match the VM id OpenNebula sent."""
+    m = DEPLOY_ID_RE.fullmatch(value)
+    if not m or int(m.group(1)) != call.vm_id:
+        raise ActionError(errno.EINVAL, f"{call.action}: deploy id {value[:40]!r} is not "
+                                        f"one-{call.vm_id}")
+    return value
+
+
+def shutdown(call: Call) -> str:
+    """Graceful power-off; returns once stopped, fails after shutdown_timeout_s (OpenNebula
+    then offers cancel). Idempotent: an already stopped or unknown container is success."""
+    name = deploy_id_arg(call, call.args[0])
+    rt = call.runtime
+    try:
+        state = rt.state(name)
+    except ContainerNotFound:
+        return ""
+    if state.status not in (RUNNING, FROZEN):
+        return ""
+    s = rt.stop(name, timeout=call.cfg.shutdown_timeout_s, kill_after=False)
+    if s.status in (RUNNING, FROZEN):
+        raise ActionError(errno.ETIMEDOUT, f"shutdown: {name} did not power off within "
+                                           f"{call.cfg.shutdown_timeout_s:g} s (try cancel)")
+    return ""
+
+
+def cancel(call: Call) -> str:
+    """Hard stop. Idempotent."""
+    name = deploy_id_arg(call, call.args[0])
+    with contextlib.suppress(ContainerNotFound):
+        call.runtime.kill(name)
+    return ""
+
+
+def reboot(call: Call) -> str:
+    """Graceful restart: the guest powers off, then the same container starts again."""
+    name = deploy_id_arg(call, call.args[0])
+    rt = call.runtime
+    s = rt.stop(name, timeout=call.cfg.shutdown_timeout_s, kill_after=False)
+    if s.status in (RUNNING, FROZEN):
+        raise ActionError(errno.ETIMEDOUT, f"reboot: {name} did not power off within "
+                                           f"{call.cfg.shutdown_timeout_s:g} s (try reset)")
+    rt.start(name)
+    return ""
+
+
+def reset(call: Call) -> str:
+    """Hard restart: kill, then start the same container."""
+    name = deploy_id_arg(call, call.args[0])
+    rt = call.runtime
+    rt.kill(name)
+    rt.start(name)
+    return ""
+
+
+def poll(call: Call) -> str:
+    """Legacy (pre-5.12) single-VM poll: STATE=a|d plus what monitoring knows."""
+    name = deploy_id_arg(call, call.args[0])
+    try:
+        s = call.runtime.state(name)
+    except ContainerNotFound:
+        return "STATE=d"
+    return {RUNNING: "STATE=a", FROZEN: "STATE=p"}.get(s.status, "STATE=d")
+
+
+def _unsupported(why: str) -> Callable[[Call], str]:
+    def action(call: Call) -> str:
+        raise NotSupported(call.action, why)
+
+    return action
+
+
+ACTIONS: dict[str, Callable[[Call], str]] = {
+    "shutdown": shutdown, "cancel": cancel, "reboot": reboot, "reset": reset, "poll": poll,
+    # CRIU >= 4.1 is needed on these kernels (Debian 12 ships 3.17): a later issue.
+    "save": _unsupported("checkpoint needs CRIU >= 4.1, not implemented yet"),
+    "restore": _unsupported("checkpoint needs CRIU >= 4.1, not implemented yet"),
+    "migrate": _unsupported("live migration needs CRIU >= 4.1, not implemented yet; "
+                            "use a cold migration (poweroff, migrate, resume)"),
+}
+
+
+def split_argv(action: str, argv: Sequence[str]) -> tuple[tuple[str, ...], int, str]:
+    """(own args, vm_id, host) from an action's argv; ValueError naming what is wrong."""
+    n = ARITY.get(action)
+    if n is None:
+        raise ValueError(f"unknown action {action!r}")
+    if len(argv) != n + 2:
+        raise ValueError(f"{action} takes {n} arguments plus <vm_id> <host>, got {len(argv)}")
+    own, vm_id, host = tuple(argv[:n]), argv[n], argv[n + 1]
+    if not vm_id.isdigit() or int(vm_id) > 2**31 - 1:
+        raise ValueError(f"{action}: vm id {vm_id[:40]!r} is not a number")
+    return own, int(vm_id), host

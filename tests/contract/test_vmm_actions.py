@@ -1,0 +1,160 @@
+"""remotes/vmm/lxcone/* run exactly as OpenNebula's one_vmm_exec runs them (protocol doc §2.3,
+addendum A.2): argv with the appended <vm_id> <host>, the VM XML on stdin through each of the
+three transports, stdout and exit codes as oned reads them."""
+
+from __future__ import annotations
+
+import base64
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from lxcone.images.busybox import STOP_SIGNAL
+from lxcone.runtime import ContainerSpec, Runtime
+from lxcone.testing.fixtures import needs_root
+from lxcone.testing.vmxml import action_data, vm_xml
+
+pytestmark = [pytest.mark.root, needs_root]
+
+REMOTES = Path(__file__).resolve().parents[2] / "remotes"
+VMM = REMOTES / "vmm" / "lxcone"
+
+
+@pytest.fixture
+def driver(tmp_path, runtime):
+    """The driver configured onto the test's run dir, cgroup parent and host netns."""
+    cfg = tmp_path / "lxcone.toml"
+    cfg.write_text(f'run_dir = "{runtime.run_dir}"\ncgroup_parent = "{runtime.cgroup_parent}"\n'
+                   f'host_netns = "{runtime.host_netns}"\nstop_signal = "SIGUSR2"\n'
+                   "shutdown_timeout_s = 10\n")
+    env = {**os.environ, "LXCONE_PYTHON": sys.executable, "LXCONE_CONFIG": str(cfg)}
+    return env, cfg
+
+
+def ssh_stream(env, action: str, *args: str, stdin: bytes) -> subprocess.CompletedProcess:
+    """What `ssh host bash -s` executes: single-quoted args, stdin through a heredoc (+ newline)."""
+    script = VMM / action
+    quoted = " ".join(shlex.quote(a) for a in args)
+    body = f"cat << 'EOT' | {script} {quoted}\n{stdin.decode()}\nEOT\n"
+    return subprocess.run(["bash", "-s"], input=body.encode(), capture_output=True, env=env,
+                          timeout=60, check=False)
+
+
+def remotes_command(env, action: str, *args: str, stdin: bytes) -> subprocess.CompletedProcess:
+    """RemotesCommand: `if [ -x script ]; then script args; else exit 42; fi`, raw stdin."""
+    script = VMM / action
+    cmd = f"if [ -x {script} ]; then {script} {' '.join(args)}; else exit 42; fi"
+    return subprocess.run(["sh", "-c", cmd], input=stdin, capture_output=True, env=env,
+                          timeout=60, check=False)
+
+
+def local(env, action: str, *args: str, stdin: bytes) -> subprocess.CompletedProcess:
+    """`-l` local actions: run on the frontend, stdin base64 (strict_encode64, no newline)."""
+    return subprocess.run([str(VMM / action), *args], input=base64.b64encode(stdin),
+                          capture_output=True, env=env, timeout=60, check=False)
+
+
+TRANSPORTS = [ssh_stream, remotes_command, local]
+
+
+def start_vm(runtime: Runtime, rootfs: str, vm_id: int = 12) -> int:
+    """What deploy will do (next increment): a running container named one-<id>."""
+    return runtime.run(ContainerSpec(name=f"one-{vm_id}", rootfs=rootfs,
+                                     stop_signal=STOP_SIGNAL)).pid
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_shutdown_powers_off_and_is_idempotent(driver, runtime, busybox_rootfs, transport):
+    env, _ = driver
+    start_vm(runtime, busybox_rootfs)
+    xml = action_data(vm_xml(12, deploy_id="one-12"))
+    p = transport(env, "shutdown", "one-12", "node1", "12", "node1", stdin=xml)
+    assert (p.returncode, p.stdout, p.stderr) == (0, b"", b""), p.stderr
+    assert runtime.state("one-12").status == "stopped"
+    assert b"shutting down" in runtime.console_log("one-12")
+    p = transport(env, "shutdown", "one-12", "node1", "12", "node1", stdin=xml)
+    assert p.returncode == 0
+
+
+def test_shutdown_that_times_out_fails_clearly_and_cancel_stops(driver, runtime,
+                                                                busybox_rootfs):
+    env, cfg = driver
+    # SIGWINCH is ignored by busybox init: the guest never powers off
+    cfg.write_text(cfg.read_text().replace('"SIGUSR2"', '"SIGWINCH"')
+                   .replace("shutdown_timeout_s = 10", "shutdown_timeout_s = 0.5"))
+    runtime.run(ContainerSpec(name="one-12", rootfs=busybox_rootfs,
+                              stop_signal=int(signal.SIGWINCH)))
+    xml = action_data(vm_xml(12, deploy_id="one-12"))
+    p = ssh_stream(env, "shutdown", "one-12", "node1", "12", "node1", stdin=xml)
+    assert p.returncode == 1
+    assert p.stderr == b"ERROR: shutdown: one-12 did not power off within 0.5 s (try cancel)\n"
+    assert runtime.state("one-12").status == "running"
+    p = ssh_stream(env, "cancel", "one-12", "node1", "12", "node1", stdin=xml)
+    assert p.returncode == 0 and runtime.state("one-12").status == "stopped"
+
+
+@pytest.mark.parametrize("action", ["reboot", "reset"])
+def test_reboot_and_reset_give_a_fresh_init(driver, runtime, busybox_rootfs, action):
+    env, _ = driver
+    old = start_vm(runtime, busybox_rootfs)
+    t = time.monotonic()
+    p = ssh_stream(env, action, "one-12", "node1", "12", "node1",
+                   stdin=action_data(vm_xml(12, deploy_id="one-12")))
+    assert p.returncode == 0, p.stderr
+    s = runtime.state("one-12")
+    assert s.status == "running" and s.pid != old
+    assert time.monotonic() - t < 30
+
+
+def test_poll_reports_the_legacy_state(driver, runtime, busybox_rootfs):
+    env, _ = driver
+    xml = vm_xml(12, deploy_id="one-12")
+    p = remotes_command(env, "poll", "one-12", "node1", "12", "node1", stdin=xml)
+    assert (p.returncode, p.stdout) == (0, b"STATE=d\n")
+    start_vm(runtime, busybox_rootfs)
+    p = remotes_command(env, "poll", "one-12", "node1", "12", "node1", stdin=xml)
+    assert (p.returncode, p.stdout) == (0, b"STATE=a\n")
+
+
+@pytest.mark.parametrize(("action", "args"), [
+    ("save", ["one-12", "/var/lib/one/datastores/0/12/checkpoint", "node1"]),
+    ("restore", ["/var/lib/one/datastores/0/12/checkpoint", "node1", "one-12"]),
+    ("migrate", ["one-12", "node2", "node1"]),
+])
+def test_criu_actions_say_not_supported(driver, action, args):
+    env, _ = driver
+    p = ssh_stream(env, action, *args, "12", "node1", stdin=vm_xml(12, deploy_id="one-12"))
+    assert p.returncode == 1 and p.stdout == b""
+    assert p.stderr.startswith(f"ERROR: {action}: operation not supported".encode())
+
+
+@pytest.mark.parametrize(("args", "xml", "words"), [
+    (["one-13", "node1", "12", "node1"], vm_xml(12), b"deploy id 'one-13' is not one-12"),
+    (["one-12", "node1", "12", "node1"], vm_xml(13), b"the XML is for VM 13"),
+    (["one-12", "node1", "12"], vm_xml(12), b"takes 2 arguments"),
+    (["one-12", "node1", "x", "node1"], vm_xml(12), b"is not a number"),
+    (["one-12", "node1", "12", "node1"], b"<VM><ID>12</ID", b"malformed XML"),
+    (["../../x", "node1", "12", "node1"], vm_xml(12), b"deploy id"),
+])
+def test_bad_calls_fail_with_one_error_line(driver, runtime, args, xml, words):
+    env, _ = driver
+    p = ssh_stream(env, "cancel", *args, stdin=xml)
+    assert p.returncode == 1 and p.stdout == b""
+    assert p.stderr.startswith(b"ERROR: ") and words in p.stderr, p.stderr
+    assert p.stderr.count(b"\n") == 1 and b"Traceback" not in p.stderr
+    assert runtime.list() == []
+
+
+def test_a_host_without_lxcone_gets_a_clear_error(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "LXCONE_PYTHON"}
+    p = subprocess.run([str(VMM / "cancel"), "one-1", "h", "1", "h"], input=b"",
+                       capture_output=True, env=env, timeout=10, check=False)
+    if (REMOTES / "etc/vmm/lxcone/python").exists():
+        pytest.skip("an installer has written etc/vmm/lxcone/python in this checkout")
+    assert p.returncode == 1 and p.stderr.startswith(b"ERROR: lxcone is not installed")
