@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -64,6 +65,47 @@ def deploy_id_arg(call: Call, value: str) -> str:
     return value
 
 
+def deploy(call: Call) -> str:
+    """Create and start the container from the VM's disks; print the deploy id. Also serves
+    resume from poweroff and undeploy (same VM, disks already in the system datastore).
+    Idempotent: a running container is left alone; on failure nothing stays mounted or plugged."""
+    from lxcone.driver import disks
+    from lxcone.driver.convert import container_spec
+
+    vm = _need_vm(call)
+    rt = call.runtime
+    with contextlib.suppress(ContainerNotFound):
+        status = rt.state(vm.deploy_id).status
+        if status in (RUNNING, FROZEN):
+            return vm.deploy_id
+        rt.delete(vm.deploy_id)  # a stopped leftover: its disks and NICs may have changed
+    mounted = disks.mount_vm_disks(vm, call.cfg, disks.vm_dir(vm, call.cfg, call.args[0]))
+    try:
+        rt.run(container_spec(vm, call.cfg, mounted.rootfs, mounted.binds,
+                              host_cpus=os.cpu_count() or 1))
+    except BaseException:
+        disks.release_vm_disks(vm, call.cfg)
+        raise
+    return vm.deploy_id
+
+
+def _need_vm(call: Call) -> Vm:
+    if call.vm is None:
+        raise ActionError(errno.EINVAL, f"{call.action}: no VM XML on stdin")
+    return call.vm
+
+
+def _stopped_release(call: Call, name: str) -> None:
+    """After a stop driven by OpenNebula: forget the container and release its disks (the TM
+    moves or deletes them next)."""
+    from lxcone.driver import disks
+
+    with contextlib.suppress(ContainerNotFound):
+        call.runtime.delete(name)
+    if call.vm is not None:
+        disks.release_vm_disks(call.vm, call.cfg)
+
+
 def shutdown(call: Call) -> str:
     """Graceful power-off; returns once stopped, fails after shutdown_timeout_s (OpenNebula
     then offers cancel). Idempotent: an already stopped or unknown container is success."""
@@ -72,13 +114,16 @@ def shutdown(call: Call) -> str:
     try:
         state = rt.state(name)
     except ContainerNotFound:
+        _stopped_release(call, name)
         return ""
     if state.status not in (RUNNING, FROZEN):
+        _stopped_release(call, name)
         return ""
     s = rt.stop(name, timeout=call.cfg.shutdown_timeout_s, kill_after=False)
     if s.status in (RUNNING, FROZEN):
         raise ActionError(errno.ETIMEDOUT, f"shutdown: {name} did not power off within "
                                            f"{call.cfg.shutdown_timeout_s:g} s (try cancel)")
+    _stopped_release(call, name)
     return ""
 
 
@@ -87,6 +132,7 @@ def cancel(call: Call) -> str:
     name = deploy_id_arg(call, call.args[0])
     with contextlib.suppress(ContainerNotFound):
         call.runtime.kill(name)
+    _stopped_release(call, name)
     return ""
 
 
@@ -129,7 +175,8 @@ def _unsupported(why: str) -> Callable[[Call], str]:
 
 
 ACTIONS: dict[str, Callable[[Call], str]] = {
-    "shutdown": shutdown, "cancel": cancel, "reboot": reboot, "reset": reset, "poll": poll,
+    "deploy": deploy, "shutdown": shutdown, "cancel": cancel, "reboot": reboot, "reset": reset,
+    "poll": poll,
     # CRIU >= 4.1 is needed on these kernels (Debian 12 ships 3.17): a later issue.
     "save": _unsupported("checkpoint needs CRIU >= 4.1, not implemented yet"),
     "restore": _unsupported("checkpoint needs CRIU >= 4.1, not implemented yet"),

@@ -76,8 +76,9 @@ def test_shutdown_powers_off_and_is_idempotent(driver, runtime, busybox_rootfs, 
     xml = action_data(vm_xml(12, deploy_id="one-12"))
     p = transport(env, "shutdown", "one-12", "node1", "12", "node1", stdin=xml)
     assert (p.returncode, p.stdout, p.stderr) == (0, b"", b""), p.stderr
-    assert runtime.state("one-12").status == "stopped"
-    assert b"shutting down" in runtime.console_log("one-12")
+    # stopped by OpenNebula: the record goes (deploy recreates it on resume); a shutdown never
+    # kills (see the timeout test), so this was the guest powering off
+    assert runtime.list() == []
     p = transport(env, "shutdown", "one-12", "node1", "12", "node1", stdin=xml)
     assert p.returncode == 0
 
@@ -96,7 +97,7 @@ def test_shutdown_that_times_out_fails_clearly_and_cancel_stops(driver, runtime,
     assert p.stderr == b"ERROR: shutdown: one-12 did not power off within 0.5 s (try cancel)\n"
     assert runtime.state("one-12").status == "running"
     p = ssh_stream(env, "cancel", "one-12", "node1", "12", "node1", stdin=xml)
-    assert p.returncode == 0 and runtime.state("one-12").status == "stopped"
+    assert p.returncode == 0 and runtime.list() == []
 
 
 @pytest.mark.parametrize("action", ["reboot", "reset"])
