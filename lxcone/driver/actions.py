@@ -167,6 +167,35 @@ def poll(call: Call) -> str:
     return {RUNNING: "STATE=a", FROZEN: "STATE=p"}.get(s.status, "STATE=d")
 
 
+def attach_nic(call: Call) -> str:
+    """Hot-plug NIC[ATTACH='YES'] into the running container, configured (address, gateway,
+    MTU) like a deploy-time NIC. argv: deploy_id MAC BRIDGE MODEL VN_MAD TARGET."""
+    from lxcone.driver.convert import nic_spec
+
+    name = deploy_id_arg(call, call.args[0])
+    vm = _need_vm(call)
+    mac, bridge, target = call.args[1].lower(), call.args[2], call.args[5]
+    nic = next((n for n in vm.nics if n.attach), None)
+    if nic is None:
+        raise ActionError(errno.EINVAL, "attach_nic: the XML has no NIC with ATTACH=YES")
+    if (nic.mac, nic.bridge, nic.target) != (mac, bridge, target):
+        raise ActionError(errno.EINVAL, f"attach_nic: argv (MAC {mac}, BRIDGE {bridge}, TARGET "
+                                        f"{target}) does not match NIC {nic.nic_id} of the XML")
+    call.runtime.add_nic(name, nic_spec(vm, nic))
+    return ""
+
+
+def detach_nic(call: Call) -> str:
+    """Unplug the NIC with this MAC. Idempotent: an unknown MAC is already detached."""
+    name = deploy_id_arg(call, call.args[0])
+    mac = call.args[1].lower()
+    rt = call.runtime
+    for nic in rt.spec(name).nics:
+        if (nic.mac or "").lower() == mac:
+            rt.remove_nic(name, nic.host_name)
+    return ""
+
+
 def _unsupported(why: str) -> Callable[[Call], str]:
     def action(call: Call) -> str:
         raise NotSupported(call.action, why)
@@ -176,7 +205,7 @@ def _unsupported(why: str) -> Callable[[Call], str]:
 
 ACTIONS: dict[str, Callable[[Call], str]] = {
     "deploy": deploy, "shutdown": shutdown, "cancel": cancel, "reboot": reboot, "reset": reset,
-    "poll": poll,
+    "poll": poll, "attach_nic": attach_nic, "detach_nic": detach_nic,
     # CRIU >= 4.1 is needed on these kernels (Debian 12 ships 3.17): a later issue.
     "save": _unsupported("checkpoint needs CRIU >= 4.1, not implemented yet"),
     "restore": _unsupported("checkpoint needs CRIU >= 4.1, not implemented yet"),

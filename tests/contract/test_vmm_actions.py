@@ -159,3 +159,42 @@ def test_a_host_without_lxcone_gets_a_clear_error(tmp_path):
     if (REMOTES / "etc/vmm/lxcone/python").exists():
         pytest.skip("an installer has written etc/vmm/lxcone/python in this checkout")
     assert p.returncode == 1 and p.stderr.startswith(b"ERROR: lxcone is not installed")
+
+
+def test_hot_nic_attach_configures_it_and_detach_removes_it(driver, runtime, busybox_rootfs,
+                                                             host_netns):
+    from lxcone.testing.vmxml import nic
+
+    env, _ = driver
+    start_vm(runtime, busybox_rootfs)
+    subprocess.run(["nsenter", f"--net={host_netns}", "ip", "link", "add", "br0", "type",
+                    "bridge"], check=True)
+    new = nic(12, 1, IP="10.99.0.5", MAC="02:00:0a:63:00:05", ATTACH="YES", MTU=1400)
+    xml = action_data(vm_xml(12, deploy_id="one-12", nics=[new],
+                             context={"ETH1_MASK": "255.255.255.0",
+                                      "ETH1_GATEWAY": "10.99.0.1"}))
+    args = ["one-12", "02:00:0a:63:00:05", "br0", "-", "bridge", "one-12-1", "12", "node1"]
+    p = ssh_stream(env, "attach_nic", *args, stdin=xml)
+    assert (p.returncode, p.stderr) == (0, b""), p.stderr
+    out = runtime.exec("one-12", ["/bin/sh", "-c", "ip addr show eth1; ip route"]).stdout
+    assert b"10.99.0.5/24" in out and b"mtu 1400" in out and b"02:00:0a:63:00:05" in out
+    assert b"default via 10.99.0.1" in out
+    p = ssh_stream(env, "detach_nic", "one-12", "02:00:0a:63:00:05", "12", "node1", stdin=xml)
+    assert p.returncode == 0, p.stderr
+    assert b"eth1" not in runtime.exec("one-12", ["ls", "/sys/class/net"]).stdout
+    assert ssh_stream(env, "detach_nic", "one-12", "02:00:0a:63:00:05", "12", "node1",
+                      stdin=xml).returncode == 0  # idempotent
+    links = subprocess.run(["nsenter", f"--net={host_netns}", "ip", "-o", "link"],
+                           capture_output=True, text=True, check=True).stdout
+    assert "one-12-1" not in links
+
+
+def test_attach_nic_refuses_argv_that_contradicts_the_xml(driver, runtime, busybox_rootfs):
+    from lxcone.testing.vmxml import nic
+
+    env, _ = driver
+    start_vm(runtime, busybox_rootfs)
+    xml = action_data(vm_xml(12, deploy_id="one-12", nics=[nic(12, 1, ATTACH="YES")]))
+    p = ssh_stream(env, "attach_nic", "one-12", "02:00:00:00:00:99", "br0", "-", "bridge",
+                   "one-12-1", "12", "node1", stdin=xml)
+    assert p.returncode == 1 and b"does not match NIC 1" in p.stderr
