@@ -517,8 +517,10 @@ def _start_error(reply: str, name: str, d: Path) -> OSError:
 
 
 def _wait_fd(fd: int, timeout: float) -> bool:
-    r, _, _ = select.select([fd], [], [], timeout)
-    return bool(r)
+    # poll, not select: a resident process (agent, exporter) easily holds fds >= 1024
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    return bool(p.poll(max(0.0, timeout) * 1000))
 
 
 def _reap(pid: int) -> None:
@@ -560,33 +562,41 @@ def _communicate(in_w: int, out_r: int, err_r: int, data: bytes,
     deadline = None if timeout is None else time.monotonic() + timeout
     out, err = bytearray(), bytearray()
     readers = {out_r: out, err_r: err}
-    writers = [in_w] if data else []
-    if not data:
-        os.close(in_w)
     view = memoryview(data)
+    poller = select.poll()
+    for fd in readers:
+        poller.register(fd, select.POLLIN)
+    writing = bool(data)
+    if writing:
+        poller.register(in_w, select.POLLOUT)
+    else:
+        os.close(in_w)
     try:
-        while readers or writers:
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            r, w, _ = select.select(list(readers), writers, [], left)
-            if not r and not w:
+        while readers or writing:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic()) * 1000
+            events = poller.poll(left)
+            if not events:
                 raise TimeoutError(f"command did not finish within {timeout} s")
-            for fd in w:
-                try:
-                    n = os.write(fd, view[:65536])
-                except BrokenPipeError:
-                    n = len(view)
-                view = view[n:]
-                if not view:
-                    writers.remove(fd)
-                    os.close(fd)
-            for fd in r:
+            for fd, _ in events:
+                if fd == in_w:
+                    try:
+                        n = os.write(fd, view[:65536])
+                    except BrokenPipeError:
+                        n = len(view)
+                    view = view[n:]
+                    if not view:
+                        poller.unregister(fd)
+                        os.close(fd)
+                        writing = False
+                    continue
                 chunk = os.read(fd, 65536)
                 if chunk:
                     readers[fd] += chunk
                 else:
+                    poller.unregister(fd)
                     del readers[fd]
                     os.close(fd)
     finally:
-        for fd in list(readers) + writers:
+        for fd in list(readers) + ([in_w] if writing else []):
             os.close(fd)
     return bytes(out), bytes(err)

@@ -366,3 +366,20 @@ def test_init_is_born_in_every_container_cgroup(runtime, busybox_rootfs, cgroup_
     for line in lines:
         path = line.split(":", 2)[2]
         assert path.endswith(f"{cgroup_parent}/ct1"), line
+
+
+def test_stop_and_exec_work_with_fds_above_1024(runtime, busybox_rootfs):
+    # a resident agent or exporter holds many fds; select() would fail above 1024
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), max(hard, 4096)))
+    held = [os.open("/dev/null", os.O_RDONLY) for _ in range(1100)]
+    try:
+        runtime.run(spec(busybox_rootfs))
+        assert runtime.exec("ct1", ["echo", "hi"]).stdout == b"hi\n"
+        assert runtime.stop("ct1").status == "stopped"
+    finally:
+        for fd in held:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
