@@ -8,6 +8,9 @@ APT_PACKAGES=(
   busybox-static                           # the embedded demo/test rootfs
   iproute2 iputils-ping util-linux         # test oracles (ip -json, ping, nsenter)
   lxc crun                                 # benchmark peers
+  qemu-utils qemu-system-common fuse3      # qcow2 disks: qemu-img, qemu-storage-daemon FUSE export
+  e2fsprogs xfsprogs btrfs-progs dosfstools fdisk genisoimage  # storage tests build their images
+  prometheus                               # the exporter tests scrape with a real server
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -1,0 +1,5 @@
+import sys
+
+from exporter.server import main
+
+sys.exit(main())
