@@ -206,3 +206,90 @@ def attach(pid: int, argv: Sequence[str], env: Sequence[str], *, procs: Sequence
         step = ffi.string(a.err).decode(errors="replace")
         raise OSError(-ret, f"{os.strerror(-ret)} [attach: {step}]", argv[0])
     return ret
+
+
+# --- storage: loop devices, BLKPG partitions, reflinks (csrc/storage.h) -------------------------
+
+LO_FLAGS_READ_ONLY: int = lib.LO_FLAGS_READ_ONLY
+LO_FLAGS_AUTOCLEAR: int = lib.LO_FLAGS_AUTOCLEAR
+LO_FLAGS_PARTSCAN: int = lib.LO_FLAGS_PARTSCAN
+LO_FLAGS_DIRECT_IO: int = lib.LO_FLAGS_DIRECT_IO
+UMOUNT_NOFOLLOW: int = lib.UMOUNT_NOFOLLOW
+
+
+def loop_ctl_get_free(ctl_fd: int) -> int:
+    """LOOP_CTL_GET_FREE on an open /dev/loop-control: the number N of a free /dev/loopN.
+
+    The kernel creates the device if needed; another process may still bind it before us, so
+    callers retry ``loop_configure`` on EBUSY.
+    """
+    n = lib.lxcone_loop_ctl_get_free(ctl_fd)
+    if n < 0:
+        _raise("ioctl(LOOP_CTL_GET_FREE)", "/dev/loop-control")
+    return n
+
+
+def loop_configure(loop_fd: int, backing_fd: int, flags: int = 0, offset: int = 0,
+                   sizelimit: int = 0, block_size: int = 0, path: str | None = None) -> None:
+    """Bind ``backing_fd`` to the loop device open on ``loop_fd`` (LOOP_CONFIGURE, atomic).
+
+    ``flags`` are ``LO_FLAGS_*``; offset/sizelimit in bytes (0 = whole file). EBUSY when the device
+    is already bound. ``path`` only names the device in errors.
+    """
+    if lib.lxcone_loop_configure(loop_fd, backing_fd, flags, offset, sizelimit, block_size) < 0:
+        _raise("ioctl(LOOP_CONFIGURE)", path or f"fd {loop_fd}")
+
+
+def loop_clr_fd(loop_fd: int, path: str | None = None) -> None:
+    """LOOP_CLR_FD: detach now, or (still open elsewhere) set autoclear and detach on last close."""
+    if lib.lxcone_loop_clr_fd(loop_fd) < 0:
+        _raise("ioctl(LOOP_CLR_FD)", path or f"fd {loop_fd}")
+
+
+def loop_get_status(loop_fd: int, path: str | None = None) -> tuple[int, int, int, int, int]:
+    """LOOP_GET_STATUS64: ``(backing st_dev, backing st_ino, lo_flags, offset, sizelimit)``.
+
+    Raises ENXIO when the device is not bound to anything.
+    """
+    out = ffi.new("uint64_t[4]")
+    flags = ffi.new("uint32_t *")
+    if lib.lxcone_loop_get_status(loop_fd, out, out + 1, flags, out + 2, out + 3) < 0:
+        _raise("ioctl(LOOP_GET_STATUS64)", path or f"fd {loop_fd}")
+    return int(out[0]), int(out[1]), int(flags[0]), int(out[2]), int(out[3])
+
+
+def blkpg_add_partition(disk_fd: int, pno: int, start: int, length: int,
+                        path: str | None = None) -> None:
+    """BLKPG_ADD_PARTITION (what ``partx -a`` does): partition ``pno`` at ``start`` for
+    ``length`` bytes; EBUSY if that number exists or the range overlaps another partition."""
+    if lib.lxcone_blkpg_partition(disk_fd, lib.BLKPG_ADD_PARTITION, pno, start, length) < 0:
+        _raise(f"ioctl(BLKPG_ADD_PARTITION {pno})", path or f"fd {disk_fd}")
+
+
+def blkpg_del_partition(disk_fd: int, pno: int, path: str | None = None) -> None:
+    """BLKPG_DEL_PARTITION; ENXIO if there is no such partition, EBUSY if it is open."""
+    if lib.lxcone_blkpg_partition(disk_fd, lib.BLKPG_DEL_PARTITION, pno, 0, 0) < 0:
+        _raise(f"ioctl(BLKPG_DEL_PARTITION {pno})", path or f"fd {disk_fd}")
+
+
+def blkgetsize64(fd: int, path: str | None = None) -> int:
+    """Size of the block device open on ``fd``, in bytes."""
+    size = ffi.new("uint64_t *")
+    if lib.lxcone_blkgetsize64(fd, size) < 0:
+        _raise("ioctl(BLKGETSIZE64)", path or f"fd {fd}")
+    return int(size[0])
+
+
+def ficlone(dst_fd: int, src_fd: int, path: str | None = None) -> None:
+    """FICLONE: make ``dst_fd`` share all of ``src_fd``'s extents (a reflink copy).
+
+    EOPNOTSUPP/EINVAL when the filesystem cannot, EXDEV across filesystems.
+    """
+    if lib.lxcone_ficlone(dst_fd, src_fd) < 0:
+        _raise("ioctl(FICLONE)", path or f"fd {dst_fd}")
+
+
+def syncfs(fd: int, path: str | None = None) -> None:
+    """syncfs(2): write back the whole filesystem that ``fd`` lives on."""
+    if lib.syncfs(fd) < 0:
+        _raise("syncfs", path or f"fd {fd}")

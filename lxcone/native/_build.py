@@ -66,6 +66,25 @@ struct lxcone_attach {
 int lxcone_attach_run(struct lxcone_attach *a);
 
 static const char LXCONE_NATIVE_VERSION[];
+
+/* storage: loop devices, BLKPG partitions, reflinks, syncfs (csrc/storage.h) */
+#define LO_FLAGS_READ_ONLY ...
+#define LO_FLAGS_AUTOCLEAR ...
+#define LO_FLAGS_PARTSCAN ...
+#define LO_FLAGS_DIRECT_IO ...
+#define BLKPG_ADD_PARTITION ...
+#define BLKPG_DEL_PARTITION ...
+#define UMOUNT_NOFOLLOW ...
+int syncfs(int fd);
+int lxcone_loop_ctl_get_free(int ctl_fd);
+int lxcone_loop_configure(int loop_fd, int backing_fd, uint32_t flags, uint64_t offset,
+                          uint64_t sizelimit, uint32_t block_size);
+int lxcone_loop_clr_fd(int loop_fd);
+int lxcone_loop_get_status(int loop_fd, uint64_t *device, uint64_t *inode, uint32_t *flags,
+                           uint64_t *offset, uint64_t *sizelimit);
+int lxcone_blkpg_partition(int disk_fd, int op, int pno, long long start, long long length);
+int lxcone_blkgetsize64(int fd, uint64_t *size);
+int lxcone_ficlone(int dst_fd, int src_fd);
 """
 
 ffibuilder = FFI()
@@ -87,6 +106,7 @@ ffibuilder.set_source(
 #include <fcntl.h>
 #include "syscalls.h"
 #include "attach.h"
+#include "storage.h"
 static const char LXCONE_NATIVE_VERSION[] = "{_version()}";
 """,
     # setuptools wants these relative to setup.py (the build always runs from the repo root)

@@ -1,0 +1,148 @@
+"""Read-only views of kernel state the storage layer checks before it acts: mounts
+(/proc/self/mountinfo), loop devices (/sys/block/loopN/loop), processes (/proc/<pid>)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MountEntry:
+    mnt_id: int
+    dev: str  # "major:minor" of the mounted filesystem
+    root: str  # path inside that filesystem (not "/" for bind mounts)
+    mountpoint: str
+    fstype: str
+    source: str
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo
+    if "\\" not in field:
+        return field
+    out, i = [], 0
+    while i < len(field):
+        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1:i + 4].isdigit():
+            out.append(chr(int(field[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(field[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> list[MountEntry]:
+    """Entries of a /proc/<pid>/mountinfo text, in kernel order (later = mounted on top)."""
+    out = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        try:
+            sep = fields.index("-", 6)
+            out.append(MountEntry(int(fields[0]), fields[2], _unescape(fields[3]),
+                                  _unescape(fields[4]), fields[sep + 1],
+                                  _unescape(fields[sep + 2])))
+        except (ValueError, IndexError):
+            continue
+    return out
+
+
+def mounts() -> list[MountEntry]:
+    with open("/proc/self/mountinfo") as f:
+        return parse_mountinfo(f.read())
+
+
+def mount_at(path: str, entries: list[MountEntry] | None = None) -> MountEntry | None:
+    """The topmost mount whose mount point is exactly ``path`` (absolute, normalised)."""
+    found = None
+    for e in entries if entries is not None else mounts():
+        if e.mountpoint == path:
+            found = e
+    return found
+
+
+def dev_str(rdev: int) -> str:
+    return f"{os.major(rdev)}:{os.minor(rdev)}"
+
+
+def loop_backing(number: int) -> str | None:
+    """The backing file of /dev/loop<number> as sysfs shows it, None when unbound."""
+    try:
+        with open(f"/sys/block/loop{number}/loop/backing_file") as f:
+            return f.read().rstrip("\n")
+    except (FileNotFoundError, ProcessLookupError, OSError):
+        return None
+
+
+def loops_backed_by(path: str) -> list[tuple[int, bool]]:
+    """(N, read-only) of every /dev/loopN bound to the file at ``path`` (real path)."""
+    out = []
+    try:
+        names = os.listdir("/sys/block")
+    except OSError:
+        return out
+    for name in names:
+        if not name.startswith("loop") or not name[4:].isdigit():
+            continue
+        n = int(name[4:])
+        if loop_backing(n) == path:
+            try:
+                with open(f"/sys/block/{name}/ro") as f:
+                    ro = f.read().strip() == "1"
+            except OSError:
+                ro = False
+            out.append((n, ro))
+    return out
+
+
+def loop_partitions(number: int) -> list[str]:
+    """Partition names (``loop3p1``...) the kernel currently has for /dev/loop<number>."""
+    try:
+        names = os.listdir(f"/sys/block/loop{number}")
+    except FileNotFoundError:
+        return []
+    prefix = f"loop{number}p"
+    return sorted(n for n in names if n.startswith(prefix) and n[len(prefix):].isdigit())
+
+
+def proc_starttime(pid: int) -> int | None:
+    """Field 22 of /proc/<pid>/stat (clock ticks since boot); None if gone or a zombie."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    rest = stat[stat.rfind(b")") + 2:].split()
+    if not rest or rest[0] == b"Z":
+        return None
+    return int(rest[19])
+
+
+def proc_cmdline(pid: int) -> list[bytes]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().split(b"\0")
+    except OSError:
+        return []
+
+
+def holders_of(path: str) -> list[int]:
+    """Pids with an open fd on ``path`` (compared by the fd's link text, so no FUSE file is ever
+    stat'ed): e.g. a qemu-storage-daemon still serving the image."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        fd_dir = f"/proc/{entry}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue
+        for fd in fds:
+            try:
+                if os.readlink(f"{fd_dir}/{fd}") == path:
+                    pids.append(int(entry))
+                    break
+            except OSError:
+                continue
+    return pids
