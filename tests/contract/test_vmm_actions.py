@@ -198,3 +198,99 @@ def test_attach_nic_refuses_argv_that_contradicts_the_xml(driver, runtime, busyb
     p = ssh_stream(env, "attach_nic", "one-12", "02:00:00:00:00:99", "br0", "-", "bridge",
                    "one-12-1", "12", "node1", stdin=xml)
     assert p.returncode == 1 and b"does not match NIC 1" in p.stderr
+
+
+def loops_backed_by(prefix: str) -> list[str]:
+    """Loop devices whose backing file lives under prefix (the leak oracle for disks)."""
+    found = []
+    for dev in Path("/sys/block").glob("loop*"):
+        backing = dev / "loop" / "backing_file"
+        if backing.exists() and backing.read_text().strip().startswith(prefix):
+            found.append(dev.name)
+    return found
+
+
+def mounts_under(prefix: str) -> list[str]:
+    with open("/proc/self/mountinfo") as f:
+        return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
+
+
+@pytest.fixture
+def datastore(tmp_path, busybox_rootfs):
+    """A system datastore dir holding VM 12's disks as OpenNebula's TM leaves them: disk.0 a
+    raw ext4 image with the busybox rootfs, disk.1 the context ISO, disk.2 a data directory."""
+    from lxcone.testing import images
+
+    images.need("mkfs.ext4", "genisoimage")
+    vm_dir = tmp_path / "datastores" / "0" / "12"
+    vm_dir.mkdir(parents=True)
+    images.fs_image(str(vm_dir / "disk.0"), "ext4", 64, populate=busybox_rootfs)
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "context.sh").write_text("ETH0_IP='192.168.150.100'\nSET_HOSTNAME='ctx-host'\n")
+    images.iso(str(ctx), str(vm_dir / "disk.1"))
+    (vm_dir / "disk.2").mkdir()
+    (vm_dir / "disk.2" / "data.txt").write_text("payload\n")
+    yield vm_dir
+    assert loops_backed_by(str(tmp_path)) == [], "loop devices leaked"
+    assert mounts_under(str(tmp_path)) == [], "mounts leaked"
+
+
+def test_deploy_shutdown_resume_cancel_lifecycle(driver, runtime, datastore):
+    from lxcone.testing.vmxml import disk
+
+    env, cfg = driver
+    cfg.write_text(cfg.read_text() + f'datastores = "{datastore.parent.parent}"\n')
+    xml = vm_xml(12, memory=128, cpu=0.5, nics=[], disks=[
+        disk(0), disk(1, TYPE="CDROM", TARGET="hda"), disk(2, TARGET="/srv/data")],
+        context={"DISK_ID": 1})
+    deployment = str(datastore / "deployment.0")
+    p = ssh_stream(env, "deploy", deployment, "node1", "12", "node1", stdin=xml)
+    assert (p.returncode, p.stdout, p.stderr) == (0, b"one-12\n", b""), p.stderr
+    s = runtime.state("one-12")
+    assert s.status == "running"
+    sh = lambda cmd: runtime.exec("one-12", ["/bin/sh", "-c", cmd]).stdout.decode()  # noqa: E731
+    assert "ext4" in sh("grep ' / ' /proc/mounts")  # the rootfs is the image
+    assert sh("cat /context/context.sh").startswith("ETH0_IP=")
+    assert sh("cat /srv/data/data.txt") == "payload\n"
+    assert runtime.stats("one-12").memory_limit_bytes == 128 << 20
+    # deploy again while running: idempotent
+    assert ssh_stream(env, "deploy", deployment, "node1", "12", "node1",
+                      stdin=xml).stdout == b"one-12\n"
+    # poweroff: everything released, the image files untouched for the TM to move
+    xml_running = action_data(vm_xml(12, deploy_id="one-12", nics=[], disks=[disk(0)]))
+    p = ssh_stream(env, "shutdown", "one-12", "node1", "12", "node1", stdin=xml_running)
+    assert p.returncode == 0, p.stderr
+    assert loops_backed_by(str(datastore)) == [] and mounts_under(str(datastore)) == []
+    assert runtime.list() == []
+    # resume from poweroff = deploy of the same VM with its disks already there
+    p = ssh_stream(env, "deploy", deployment, "node1", "12", "node1", stdin=xml)
+    assert p.returncode == 0 and runtime.state("one-12").status == "running", p.stderr
+    assert sh("cat /srv/data/data.txt") == "payload\n"
+    p = ssh_stream(env, "cancel", "one-12", "node1", "12", "node1", stdin=xml_running)
+    assert p.returncode == 0
+    assert loops_backed_by(str(datastore)) == [] and runtime.list() == []
+
+
+@pytest.mark.parametrize(("disks_kw", "prepare", "words"), [
+    ({}, lambda d: (d / "disk.0").unlink(), b"disk.0"),
+    ({}, lambda d: (d / "disk.0").write_bytes(b"\0" * 4096), b"disk.0"),
+    ({"boot": "disk9"}, lambda d: None, None),
+])
+def test_failed_deploy_leaves_nothing(driver, runtime, datastore, disks_kw, prepare, words):
+    from lxcone.testing.vmxml import disk
+
+    env, cfg = driver
+    cfg.write_text(cfg.read_text() + f'datastores = "{datastore.parent.parent}"\n')
+    prepare(datastore)
+    xml = vm_xml(12, nics=[], disks=[disk(0), disk(2, TARGET="/srv/data")], **disks_kw)
+    p = ssh_stream(env, "deploy", str(datastore / "deployment.0"), "node1", "12", "node1",
+                   stdin=xml)
+    if words is None:  # OS/BOOT names a missing disk: the first usable one is the rootfs
+        assert p.returncode == 0, p.stderr
+        ssh_stream(env, "cancel", "one-12", "node1", "12", "node1", stdin=xml)
+        return
+    assert p.returncode == 1 and p.stdout == b"" and p.stderr.startswith(b"ERROR: deploy")
+    assert words in p.stderr, p.stderr
+    assert runtime.list() == []
+    assert loops_backed_by(str(datastore)) == [] and mounts_under(str(datastore)) == []

@@ -40,19 +40,62 @@ static int open_in_root(int rootfd, const char *rel, int flags)
                           RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS);
 }
 
+/* The directory holding ``rel`` (everything before its last '/'), opened inside the root;
+ * *leaf is set to the last component. */
+static int open_parent_in_root(int rootfd, char *rel, const char **leaf)
+{
+    char *slash = strrchr(rel, '/');
+    if (!slash) {
+        *leaf = rel;
+        return fcntl(rootfd, F_DUPFD_CLOEXEC, 3);
+    }
+    *slash = 0;
+    int fd = open_in_root(rootfd, rel, O_PATH | O_DIRECTORY);
+    *slash = '/';
+    *leaf = slash + 1;
+    return fd;
+}
+
+/* mkdir -p inside the root: each parent is resolved with RESOLVE_IN_ROOT, so a symlinked
+ * component (srv -> /host/path) still lands inside the container's tree. */
+static void make_path(int rootfd, const char *rel, int want_dir)
+{
+    char buf[4096];
+    if (snprintf(buf, sizeof(buf), "%s", rel) >= (int)sizeof(buf)) {
+        errno = ENAMETOOLONG;
+        fail("mkdir", rel);
+    }
+    for (char *p = buf; (p = strchr(p, '/')) != NULL; p++) {
+        *p = 0;
+        if (*buf)
+            make_path(rootfd, buf, 1);
+        *p = '/';
+    }
+    const char *leaf;
+    int pfd = open_parent_in_root(rootfd, buf, &leaf);
+    if (pfd < 0)
+        fail("open", buf);
+    if (want_dir) {
+        if (mkdirat(pfd, leaf, 0755) < 0 && errno != EEXIST)
+            fail("mkdir", rel);
+    } else {
+        int fd = openat(pfd, leaf, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
+        if (fd < 0 && errno != EEXIST && errno != EISDIR)
+            fail("create", rel);
+        if (fd >= 0)
+            close(fd);
+    }
+    close(pfd);
+}
+
 static void ensure_dir(int rootfd, const char *rel)
 {
-    if (mkdirat(rootfd, rel, 0755) < 0 && errno != EEXIST)
-        fail("mkdir", rel);
+    make_path(rootfd, rel, 1);
 }
 
 static void ensure_file(int rootfd, const char *rel)
 {
-    int fd = openat(rootfd, rel, O_CREAT | O_WRONLY | O_CLOEXEC | O_NOFOLLOW, 0644);
-    if (fd < 0 && errno != EEXIST && errno != EISDIR)
-        fail("create", rel);
-    if (fd >= 0)
-        close(fd);
+    make_path(rootfd, rel, 0);
 }
 
 /* mount(2) onto a target inside the root, through its O_PATH fd (the runc way: the magic link

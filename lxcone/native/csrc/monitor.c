@@ -197,7 +197,8 @@ static int detached_tree(const char *path)
 static void open_console(void)
 {
     char name[64];
-    console_master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+    /* Non-blocking: the pump must never hang on it, and draining it at exit stops at EAGAIN. */
+    console_master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
     if (console_master < 0)
         die("posix_openpt", "/dev/ptmx");
     if (unlockpt(console_master) < 0 || ptsname_r(console_master, name, sizeof(name)) != 0)
@@ -431,6 +432,20 @@ static void log_console(const char *buf, size_t n)
     }
 }
 
+/* What init wrote just before it died may still sit in the pty buffer: log it (and pass it to
+ * the attached client) before recording the exit, or a shutdown's last lines would be lost. */
+static void drain_console(int client)
+{
+    char buf[4096];
+    ssize_t n;
+    while ((n = read(console_master, buf, sizeof(buf))) > 0) {
+        log_console(buf, (size_t)n);
+        if (client >= 0 && write(client, buf, (size_t)n) < 0) {
+            /* the client went away; the log has it */
+        }
+    }
+}
+
 static int listen_console(void)
 {
     struct sockaddr_un addr = {.sun_family = AF_UNIX};
@@ -499,6 +514,7 @@ static void serve(pid_t init_pid)
             while ((pid = waitpid(-1, &status, WNOHANG)) > 0) {
                 if (pid != init_pid)
                     continue;
+                drain_console(client);
                 if (WIFSIGNALED(status) && WTERMSIG(status) == SIGHUP) {
                     char err[512];
                     int sock;

@@ -353,7 +353,8 @@ def test_monitors_are_reaped_even_when_the_container_stopped_on_its_own(runtime,
     wait_for(lambda: runtime.state("ct1").status == "stopped", timeout=15, what="self poweroff")
     wait_for(lambda: s.monitor_pid in zombie_monitor_children(), what="monitor exit")
     assert runtime.stop("ct1").status == "stopped"
-    assert zombie_monitor_children() == []
+    # only this container's monitor: other tests may leave zombies of their own
+    assert s.monitor_pid not in zombie_monitor_children()
     assert runtime.state("ct1").exit == "signaled 2"
 
 

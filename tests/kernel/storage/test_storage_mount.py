@@ -22,9 +22,9 @@ from lxcone.storage import (
     mounted_disks,
     unmount_disk,
 )
+from lxcone.testing import images
 from lxcone.testing.fixtures import needs_root
 
-from . import images
 from . import storage_oracle as oracle
 
 pytestmark = [pytest.mark.root, needs_root]

@@ -20,9 +20,8 @@ from lxcone.storage import (
     snapshot_revert,
     unmount_disk,
 )
+from lxcone.testing import images
 from lxcone.testing.fixtures import needs_root
-
-from . import images
 
 pytestmark = [pytest.mark.root, needs_root]
 

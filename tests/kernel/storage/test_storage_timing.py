@@ -17,9 +17,8 @@ from lxcone.storage import (
     snapshot_revert,
     unmount_disk,
 )
+from lxcone.testing import images
 from lxcone.testing.fixtures import needs_root
-
-from . import images
 
 pytestmark = [pytest.mark.root, needs_root]
 
@@ -97,7 +96,8 @@ def test_timing_snapshots(env, busybox_rootfs, capsys, ds_fs):
         disk = DiskSpec(0, images.fs_image(os.path.join(ds, "disk.0"), "ext4", 1024,
                                            populate=busybox_rootfs))
         m = mount_disk(disk, env.mnt(0), env.state)
-        with open(os.path.join(m.mountpoint, "data"), "wb") as f:
+        # not "data": the shared busybox rootfs may hold a /data mount point made by another test
+        with open(os.path.join(m.mountpoint, "timing-payload.bin"), "wb") as f:
             f.write(os.urandom(100 << 20))
         snaps = os.path.join(ds, "snap")
         create, revert, delete = [], [], []

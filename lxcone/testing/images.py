@@ -1,4 +1,4 @@
-"""Disk images for the storage tests, made with the ordinary tools (mkfs.*, sfdisk, qemu-img,
+"""Disk images for tests (storage, driver contract), made with the ordinary tools (mkfs.*,
 genisoimage): tests may shell out, the code under test may not."""
 
 from __future__ import annotations
