@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import io
 import os
 import select
 import shutil
@@ -152,7 +153,7 @@ class Runtime:
         mgr = self._cgroups(s)
         mgr.create()
         ctl_w = status_r = -1
-        monitor_pid = None
+        monitor_pid = pid = None
         try:
             mgr.set(spec.resources)
             if not (d / "config").exists():
@@ -172,24 +173,35 @@ class Runtime:
             )
             os.close(status_w)
             os.close(ctl_r)
+            # Buffered: with the early "go" both replies may arrive in one read.
+            status = open(status_r, "rb", closefd=False)  # noqa: SIM115 (closed with the fd)
             if not spec.nics:
                 os.write(ctl_w, b"go\n")  # nothing to plug: let the monitor go on at once
-            reply = _read_line(status_r)
+            reply = _read_line(status)
             if not reply.startswith("pid "):
                 raise _start_error(reply, name, d)
             pid = int(reply.split()[1])
             if spec.nics:
                 self._plug_nics(spec, pid)
                 os.write(ctl_w, b"go\n")
-            reply = _read_line(status_r)
+            reply = _read_line(status)
             if reply != "running":
                 raise _start_error(reply, name, d)
         except BaseException:
             if ctl_w >= 0:
                 os.close(ctl_w)  # EOF = abort: the monitor kills init and exits
                 ctl_w = -1
+            if pid is not None:
+                # Past the go-ahead the monitor no longer reads fd 4: kill init ourselves, or
+                # the monitor would keep it running and never exit.
+                with contextlib.suppress(ProcessLookupError):
+                    fd = native.pidfd_open(pid)
+                    try:
+                        native.pidfd_send_signal(fd, signal.SIGKILL)
+                    finally:
+                        os.close(fd)
             if monitor_pid is not None:
-                _reap(monitor_pid)
+                _wait_gone(monitor_pid, d / "config", 10.0)
             self._unplug_nics(spec, s)
             mgr.destroy()
             raise
@@ -495,14 +507,8 @@ class Runtime:
             return b""
 
 
-def _read_line(fd: int) -> str:
-    buf = b""
-    while not buf.endswith(b"\n"):
-        chunk = os.read(fd, 512)
-        if not chunk:
-            break
-        buf += chunk
-    return buf.decode(errors="replace").strip()
+def _read_line(stream: io.BufferedReader) -> str:
+    return stream.readline(4096).decode(errors="replace").strip()
 
 
 def _start_error(reply: str, name: str, d: Path) -> OSError:
@@ -521,12 +527,6 @@ def _wait_fd(fd: int, timeout: float) -> bool:
     p = select.poll()
     p.register(fd, select.POLLIN)
     return bool(p.poll(max(0.0, timeout) * 1000))
-
-
-def _reap(pid: int) -> None:
-    """Wait for a monitor we spawned (if it is still our child); its exit is quick."""
-    with contextlib.suppress(ChildProcessError):
-        os.waitpid(pid, 0)
 
 
 def _wait_gone(pid: int, config: Path, timeout: float) -> None:

@@ -384,3 +384,32 @@ def test_stop_and_exec_work_with_fds_above_1024(runtime, busybox_rootfs):
         for fd in held:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_back_to_back_starts_all_succeed(runtime, busybox_rootfs):
+    # Without NICs the runtime sends "go" early, so the monitor's "pid N" and "running" often
+    # arrive in one read: the reader must not lose the second line (a hang, once).
+    runtime.create(spec(busybox_rootfs))
+    for _ in range(40):
+        # a quiet host makes Python wake up late, after the monitor wrote both lines: with the
+        # old chunked reader this failed within ~15 rounds (checked)
+        time.sleep(0.03)
+        assert runtime.start("ct1").status == "running"
+        assert runtime.kill("ct1").status == "stopped"
+
+
+def test_failure_after_init_was_cloned_cleans_up_without_hanging(runtime, busybox_rootfs,
+                                                                 monkeypatch):
+    from lxcone.netns import NicSpec
+
+    def broken(self, spec, pid):
+        raise OSError(5, "injected failure while plugging NICs")
+
+    monkeypatch.setattr(Runtime, "_plug_nics", broken)
+    s = spec(busybox_rootfs, nics=(NicSpec(host_name="one-9-0"),))
+    t = time.monotonic()
+    with pytest.raises(OSError, match="injected"):
+        runtime.run(s)
+    assert time.monotonic() - t < 15
+    assert runtime.list() == []
+    assert not monitor_pids(str(runtime.run_dir))
