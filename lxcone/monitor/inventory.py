@@ -15,7 +15,9 @@ from pathlib import Path
 from lxcone.runtime import state as st
 
 # OpenNebula's state sync only knows VMs whose deploy id matches this (protocol doc §5.4).
-DEPLOY_ID_RE = re.compile(r"^one-(\d+)$")
+# Decimal as OpenNebula writes the VM id: ASCII digits, no leading zero, and \Z rather than $
+# (which also matches before a trailing newline); lxcone.monitor.rundir.vm_id_of is the same rule.
+DEPLOY_ID_RE = re.compile(r"^one-(0|[1-9][0-9]*)\Z")
 
 
 @dataclass(frozen=True)

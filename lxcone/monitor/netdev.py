@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from lxcone.monitor.procfs import net_dev_fields
+
 
 @dataclass(frozen=True)
 class NetCounters:
@@ -24,18 +26,11 @@ class NetCounters:
 
 def parse_net_dev(text: str) -> dict[str, NetCounters]:
     """Parse /proc/net/dev (two header lines, then ``name: 16 counters``)."""
-    out = {}
-    for line in text.splitlines()[2:]:
-        name, sep, rest = line.partition(":")
-        if not sep:
-            continue
-        v = rest.split()
-        if len(v) < 16:
-            continue
-        out[name.strip()] = NetCounters(
-            int(v[0]), int(v[1]), int(v[2]), int(v[3]), int(v[8]), int(v[9]), int(v[10]),
-            int(v[11]))
-    return out
+    return {
+        name: NetCounters(int(v[0]), int(v[1]), int(v[2]), int(v[3]), int(v[8]), int(v[9]),
+                          int(v[10]), int(v[11]))
+        for name, v in net_dev_fields(text).items()
+    }
 
 
 def read_net_dev(pid: int, include_lo: bool = False) -> dict[str, NetCounters]:
