@@ -260,8 +260,9 @@ class Blkio(Subsystem):
 
     def stats(self, d: fs.Dir, st: Stats) -> None:
         # The _recursive files include child cgroups (a container may create its own); they are
-        # missing on some old kernels. Observed on 6.18: blk-throttle only accounts bios of
-        # devices that have a throttle rule, so without io limits these stay 0.
+        # missing on some old kernels. Observed on 6.18 (tests/kernel/monitor): they count
+        # I/O without any throttle rule for O_DIRECT, page-cache misses and fsync'd writes;
+        # only background writeback is charged to the flusher, not to the container.
         for attr, base_name in (("bytes", "io_service_bytes"), ("ops", "io_serviced")):
             text = read_opt(d, f"blkio.throttle.{base_name}_recursive", st, optional=True)
             name = f"blkio.throttle.{base_name}_recursive"
