@@ -17,10 +17,11 @@ from pathlib import Path
 import pytest
 from unit.monitor.one_template import parse
 
-from lxcone.images.busybox import STOP_SIGNAL
 from lxcone.monitor import cgroupfs, inventory, probes, rundir
-from lxcone.runtime import Bind, ContainerSpec, Runtime
+from lxcone.runtime import Bind
 from lxcone.testing.fixtures import needs_root
+from lxcone.testing.helpers import busybox_spec as spec
+from lxcone.testing.helpers import sh, wait_for
 
 pytestmark = [pytest.mark.root, needs_root]
 
@@ -33,24 +34,10 @@ XML = ("<MONITOR_CONFIGURATION><DATASTORE_LOCATION><![CDATA[/var/lib/one//datast
 MIB = 1 << 20
 
 
-def spec(rootfs: str, name: str, **kw) -> ContainerSpec:
-    kw.setdefault("stop_signal", STOP_SIGNAL)
-    return ContainerSpec(name=name, rootfs=rootfs, **kw)
 
 
-def sh(rt: Runtime, name: str, script: str, timeout: float = 30) -> str:
-    r = rt.exec(name, ["/bin/sh", "-c", script], timeout=timeout)
-    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
-    return r.stdout.decode()
 
 
-def wait_for(pred, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def run_group(group: str, run_dir: str) -> str:

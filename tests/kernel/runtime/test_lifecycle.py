@@ -15,34 +15,21 @@ from lxcone.cgroups import Resources
 from lxcone.images.busybox import STOP_SIGNAL
 from lxcone.runtime import (
     ContainerExists,
-    ContainerSpec,
     InvalidTransition,
     Runtime,
     SpecError,
 )
 from lxcone.testing.fixtures import monitor_pids, needs_root
+from lxcone.testing.helpers import busybox_spec as spec
+from lxcone.testing.helpers import sh, wait_for
 
 pytestmark = [pytest.mark.root, needs_root]
 
 
-def spec(rootfs: str, name: str = "ct1", **kw) -> ContainerSpec:
-    kw.setdefault("stop_signal", STOP_SIGNAL)
-    return ContainerSpec(name=name, rootfs=rootfs, **kw)
 
 
-def sh(rt: Runtime, name: str, script: str, timeout: float = 20) -> str:
-    r = rt.exec(name, ["/bin/sh", "-c", script], timeout=timeout)
-    assert r.returncode == 0, (r.returncode, r.stdout, r.stderr)
-    return r.stdout.decode()
 
 
-def wait_for(pred, timeout: float = 10.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def host_ids(pid: int) -> tuple[int, int]:
