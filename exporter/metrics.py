@@ -185,11 +185,6 @@ NET_FIELDS = ("rx_bytes", "rx_packets", "rx_errors", "rx_dropped",
 assert METRICS[K_NET_FIRST + len(NET_FIELDS)].name == PREFIX + "node_containers"
 
 
-def sample_names() -> set[str]:
-    """Every series name a scrape can contain (what PromQL may reference)."""
-    return {m.name for m in METRICS}
-
-
 def label_names() -> set[str]:
     """Every label name the exporter puts on its series."""
     out = {VM_ID_LABEL, DEPLOY_ID_LABEL}

@@ -313,11 +313,6 @@ def read_keyed(d: Dir, name: str) -> dict[str, int]:
     return parse_keyed(read_file(d, name), path_of(d, name))
 
 
-def read_nested_keyed(d: Dir, name: str) -> dict[str, dict[str, int | None]]:
-    """Read a nested keyed file (io.stat) into ``{device: {key: value}}``."""
-    return parse_nested_keyed(read_file(d, name), path_of(d, name))
-
-
 def read_pids(d: Dir, name: str = "cgroup.procs") -> list[int]:
     """Read a cgroup.procs (or tasks) file as a list of pids."""
     text = read_file(d, name)
