@@ -17,6 +17,8 @@ import binascii
 import marshal
 import os
 
+from lxcone import atomicfile
+
 MAGIC = b"LXCONE-PROBE-STATE 1\n"
 _MARSHAL_VERSION = 4
 
@@ -60,26 +62,13 @@ def save(path: str, obj: dict) -> str | None:
     """
     body = marshal.dumps(obj, _MARSHAL_VERSION)
     data = MAGIC + binascii.crc32(body).to_bytes(4, "big") + body
-    tmp = f"{path}.{os.getpid()}.tmp"
     try:
         d = os.path.dirname(path)
         if d and not os.path.isdir(d):
             # Usually <run dir>/.monitor: a run dir made here gets the runtime's own mode.
             os.makedirs(os.path.dirname(d) or ".", mode=0o711, exist_ok=True)
             os.makedirs(d, mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
-                     0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
+        atomicfile.write_atomic(path, data)
     except OSError as e:
-        try:  # noqa: SIM105 - contextlib would cost an import on every probe run
-            os.unlink(tmp)
-        except OSError:
-            pass
         return f"cannot save probe state {path}: {e.strerror or e}"
     return None

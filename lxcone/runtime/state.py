@@ -12,19 +12,18 @@
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from lxcone import atomicfile
 
 STATE_FILE = "state.json"
 
 
 def write_atomic(path: Path, data: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        f.write(data)
-    os.rename(tmp, path)
+    # 0644: readable by whoever may read the container's directory (the monitoring probes)
+    atomicfile.write_atomic(path, data.encode(), 0o644)
 
 
 def read_state(ct_dir: Path) -> dict[str, Any]:

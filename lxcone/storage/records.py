@@ -17,10 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import glob
 import json
 import os
 from collections.abc import Iterator
 from typing import Any
+
+from lxcone import atomicfile
 
 VERSION = 1
 
@@ -51,26 +54,14 @@ def read(state_dir: str, disk_id: int) -> dict[str, Any] | None:
 def write(state_dir: str, rec: dict[str, Any]) -> None:
     """Atomically replace the record (ENOSPC etc. raise OSError; the old record stays)."""
     path = record_path(state_dir, rec["disk_id"])
-    tmp = f"{path}.tmp"
-    data = json.dumps(rec, sort_keys=True).encode()
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-    except OSError:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    atomicfile.write_atomic(path, json.dumps(rec, sort_keys=True).encode())
 
 
 def remove(state_dir: str, disk_id: int) -> None:
     path = record_path(state_dir, disk_id)
-    for p in (path, f"{path}.tmp"):
+    # the record, and the temp file of a writer killed mid-write (any pid)
+    leftovers = glob.glob(glob.escape(path) + ".*.tmp")
+    for p in (path, *leftovers):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(p)
 

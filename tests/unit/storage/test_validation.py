@@ -94,8 +94,9 @@ def test_records_roundtrip_and_garbage(tmp_path) -> None:
     assert records.read(d, 2) is None
     (tmp_path / "disk.3.json").write_text('{"disk_id": 4}')  # wrong id inside
     assert records.read(d, 3) is None
+    (tmp_path / "disk.1.json.4242.tmp").write_text("{")  # from a writer killed mid-write
     records.remove(d, 1)
-    assert records.read(d, 1) is None and not (tmp_path / "disk.1.json.tmp").exists()
+    assert records.read(d, 1) is None and not list(tmp_path.glob("disk.1.json*.tmp"))
 
 
 def test_sparse_copy_keeps_holes_and_size(tmp_path) -> None:
