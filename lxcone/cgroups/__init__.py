@@ -6,7 +6,7 @@
     state["cgroup"] = mgr.paths               # later, in another process:
     mgr = from_paths(state["cgroup"])
 
-Pure stdlib; imports nothing else from lxcone. See docs/cgroups.md.
+Pure stdlib; from lxcone it imports only the leaf module lxcone.mountinfo. See docs/cgroups.md.
 """
 
 from lxcone.cgroups.base import FREEZING, FROZEN, THAWED, CgroupManager

@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 
+from lxcone import mountinfo
 from lxcone.cgroups import fs
 from lxcone.cgroups.errors import CgroupError
 
@@ -72,47 +73,18 @@ class Layout:
         return list(dict.fromkeys(self.v1.values()))
 
 
-def _unescape(s: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo octal (fs/proc_namespace.c).
-    if "\\" not in s:
-        return s
-    out = []
-    i = 0
-    while i < len(s):
-        code = s[i + 1 : i + 4]
-        if s[i] == "\\" and len(code) == 3 and all(c in "01234567" for c in code):
-            out.append(chr(int(code, 8)))
-            i += 4
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
-
-
 def parse_mountinfo(text: str) -> list[MountEntry]:
     """Return the ``cgroup`` and ``cgroup2`` mounts listed in a mountinfo text, in order.
 
     Pure; malformed lines are skipped (mountinfo is kernel-generated, so a bad line can only be
     a truncated read, and one missing hierarchy is better than no detection at all).
     """
-    mounts: list[MountEntry] = []
-    for line in text.splitlines():
-        left, sep, right = line.partition(" - ")
-        if not sep:
-            continue
-        lf = left.split()
-        rf = right.split()
-        if len(lf) < 6 or len(rf) < 3 or rf[0] not in ("cgroup", "cgroup2"):
-            continue
-        mounts.append(
-            MountEntry(
-                mount_point=_unescape(lf[4]),
-                fstype=rf[0],
-                super_options=tuple(rf[2].split(",")),
-                root=_unescape(lf[3]),
-            )
-        )
-    return mounts
+    return [
+        MountEntry(mount_point=m.mountpoint, fstype=m.fstype, super_options=m.super_options,
+                   root=m.root)
+        for m in mountinfo.parse(text)
+        if m.fstype in ("cgroup", "cgroup2")
+    ]
 
 
 def _v1_controllers(options: tuple[str, ...]) -> list[str]:

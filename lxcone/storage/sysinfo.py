@@ -4,47 +4,12 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
+from lxcone import mountinfo
 
-@dataclass(frozen=True)
-class MountEntry:
-    mnt_id: int
-    dev: str  # "major:minor" of the mounted filesystem
-    root: str  # path inside that filesystem (not "/" for bind mounts)
-    mountpoint: str
-    fstype: str
-    source: str
-
-
-def _unescape(field: str) -> str:
-    # mountinfo escapes space, tab, newline and backslash as \ooo
-    if "\\" not in field:
-        return field
-    out, i = [], 0
-    while i < len(field):
-        if field[i] == "\\" and i + 4 <= len(field) and field[i + 1:i + 4].isdigit():
-            out.append(chr(int(field[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(field[i])
-            i += 1
-    return "".join(out)
-
-
-def parse_mountinfo(text: str) -> list[MountEntry]:
-    """Entries of a /proc/<pid>/mountinfo text, in kernel order (later = mounted on top)."""
-    out = []
-    for line in text.splitlines():
-        fields = line.split(" ")
-        try:
-            sep = fields.index("-", 6)
-            out.append(MountEntry(int(fields[0]), fields[2], _unescape(fields[3]),
-                                  _unescape(fields[4]), fields[sep + 1],
-                                  _unescape(fields[sep + 2])))
-        except (ValueError, IndexError):
-            continue
-    return out
+# One parser for the whole project (lxcone.mountinfo); the storage layer's names for it:
+MountEntry = mountinfo.Mount
+parse_mountinfo = mountinfo.parse
 
 
 def mounts() -> list[MountEntry]:
