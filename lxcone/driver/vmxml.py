@@ -303,5 +303,8 @@ def _active_snapshot(tmpl: ET.Element) -> int | None:
 
 def hostname_for(vm: Vm) -> str:
     """A valid host name from the VM name, as LXCoNe did: spaces and '_' become '-'."""
-    h = re.sub(r"[^A-Za-z0-9.-]+", "-", vm.name.replace("_", "-")).strip("-.")[:63]
-    return h.strip("-.") or vm.deploy_id
+    raw = re.sub(r"[^A-Za-z0-9.-]+", "-", vm.name.replace("_", "-"))
+    # label by label: no label may start or end with '-' ("0.{0" must not become "0.-0")
+    labels = [label.strip("-")[:63].strip("-") for label in raw.split(".")]
+    h = ".".join(label for label in labels if label)[:63].rstrip("-.")
+    return h or vm.deploy_id

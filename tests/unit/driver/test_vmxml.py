@@ -111,6 +111,14 @@ def test_bad_fields_are_named(kw, words):
 hostile = stz.text(alphabet=stz.characters(blacklist_categories=("Cs",)), max_size=80)
 
 
+@pytest.mark.parametrize(("name", "host"), [
+    ("0.{0", "0.0"),  # found by hypothesis: a label must not start with '-'
+    ("web_01 (prod)", "web-01-prod"), ("..--..", "one-12"), ("a" * 70 + ".b", "a" * 63),
+])
+def test_hostname_from_vm_name(name, host):
+    assert hostname_for(parse_vm(vm_xml(12, name=name))) == host
+
+
 @settings(max_examples=300, deadline=None)
 @given(field=stz.sampled_from(["memory", "cpu", "vcpu", "name"]), value=hostile)
 def test_hostile_scalars_give_vmxmlerror_or_a_valid_vm(field, value):
