@@ -470,3 +470,15 @@ class FakeKernel:
 def layout_of(tree: FakeTree) -> Layout:
     """The Layout detect_layout() finds for a fake tree (from its mountinfo text)."""
     return detect_layout(str(tree.root), tree.mountinfo)
+
+
+LAYOUTS = ("v1", "comounted", "hybrid", "v2")
+
+
+def make_tree(kind: str, root: Path) -> FakeTree:
+    """A fake tree for one of LAYOUTS (v1 with separate or co-mounted controllers, hybrid, v2)."""
+    if kind == "v2":
+        return make_v2_tree(root)
+    if kind not in LAYOUTS:
+        raise ValueError(f"unknown layout {kind!r}")
+    return make_v1_tree(root, comounted=kind == "comounted", unified=kind == "hybrid")

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "cgroups"))
 from cgroups_fakefs import (
+    LAYOUTS,
     V1_BLKIO_SERVICE_BYTES,
     V1_BLKIO_SERVICED,
     V1_CPU_STAT,
@@ -38,8 +39,7 @@ from cgroups_fakefs import (
     FakeKernel,
     FakeTree,
     layout_of,
-    make_v1_tree,
-    make_v2_tree,
+    make_tree,
     write_files,
 )
 
@@ -198,17 +198,12 @@ class FakeHost:
             p.wait()
 
 
-def _tree(kind: str, root: Path) -> FakeTree:
-    if kind == "v2":
-        return make_v2_tree(root)
-    return make_v1_tree(root, comounted=kind == "comounted", unified=kind == "hybrid")
 
-
-@pytest.fixture(params=["v1", "comounted", "hybrid", "v2"])
+@pytest.fixture(params=LAYOUTS)
 def host(request: pytest.FixtureRequest, tmp_path: Path,
          monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHost]:
     """A fake host for each cgroup layout."""
-    tree = _tree(request.param, tmp_path / "cgroup")
+    tree = make_tree(request.param, tmp_path / "cgroup")
     h = FakeHost(request.param, tree, tmp_path / "run", FakeKernel(tree).install(monkeypatch))
     h.run_dir.mkdir()
     yield h
@@ -218,7 +213,7 @@ def host(request: pytest.FixtureRequest, tmp_path: Path,
 @pytest.fixture
 def v1_host(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHost]:
     """The project machines' layout (hybrid) only, for tests that do not depend on it."""
-    tree = _tree("hybrid", tmp_path / "cgroup")
+    tree = make_tree("hybrid", tmp_path / "cgroup")
     h = FakeHost("hybrid", tree, tmp_path / "run", FakeKernel(tree).install(monkeypatch))
     h.run_dir.mkdir()
     yield h

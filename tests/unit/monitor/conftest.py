@@ -16,17 +16,15 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "cgroups"))
 
 from cgroups_fakefs import (
+    LAYOUTS,
     FakeKernel,
     FakeTree,
     layout_of,
-    make_v1_tree,
-    make_v2_tree,
+    make_tree,
     write_files,
 )
 
 from lxcone.cgroups import new_manager
-
-LAYOUTS = ["v1", "comounted", "hybrid", "v2"]
 
 
 def own_starttime(pid: int | None = None) -> int:
@@ -90,11 +88,6 @@ class FakeHost:
             p.kill()
             p.wait()
 
-
-def make_tree(kind: str, root: Path) -> FakeTree:
-    if kind == "v2":
-        return make_v2_tree(root)
-    return make_v1_tree(root, comounted=kind == "comounted", unified=kind == "hybrid")
 
 
 @pytest.fixture(params=LAYOUTS)
