@@ -28,7 +28,7 @@ from lxcone.runtime.errors import (
     InvalidTransition,
     StartError,
 )
-from lxcone.runtime.spec import ContainerSpec, validate
+from lxcone.runtime.spec import DEFAULT_ENV, ContainerSpec, validate
 
 DEFAULT_RUN_DIR = "/run/lxcone"
 DEFAULT_CGROUP_PARENT = "lxcone"
@@ -456,12 +456,13 @@ class Runtime:
         with ``wait(pid)``."""
         d, s = self._load(name)
         info = self._running_init(name, d, "exec in")
-        if self._cgroups(s).freezer_state() != "THAWED":
+        mgr = self._cgroups(s)
+        if mgr.freezer_state() != "THAWED":
             raise InvalidTransition(name, FROZEN, "exec in")
-        spec = ContainerSpec.from_dict(s["spec"])
-        pid = native.attach(info.pid, argv, spec.env if env is None else env,
-                            procs=self._cgroups(s).procs_files(), cwd=cwd, uid=uid, gid=gid,
-                            stdin=stdin, stdout=stdout, stderr=stderr)
+        if env is None:
+            env = s["spec"].get("env", DEFAULT_ENV)  # only env: no need to rebuild the spec
+        pid = native.attach(info.pid, argv, env, procs=mgr.procs_files(), cwd=cwd, uid=uid,
+                            gid=gid, stdin=stdin, stdout=stdout, stderr=stderr)
         self._children[pid] = name
         return pid
 
