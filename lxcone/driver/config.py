@@ -29,6 +29,7 @@ class DriverConfig:
     id_map_host_uid: int = 100_000                   # container uid 0 on the host
     id_map_host_gid: int = 100_000
     id_map_size: int = 65_536
+    agent: bool = True                               # actions go through the resident agent
 
 
 # Keys an operator file may not change: they are part of the contract with OpenNebula.

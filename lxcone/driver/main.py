@@ -7,9 +7,11 @@ reaches the VM log and the failure message. No traceback ever reaches OpenNebula
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from lxcone.driver import actions
 from lxcone.driver.config import DEFAULT_PATH, load_config
@@ -28,23 +30,47 @@ def config_path() -> str:
     return os.path.normpath(os.path.join(scripts, DEFAULT_PATH))
 
 
-def run(action: str, argv: Sequence[str], stdin: bytes) -> tuple[int, str, str]:
-    """(exit code, stdout, stderr) for one action; never raises."""
+def run(action: str, argv: Sequence[str], stdin: bytes,
+        config: str | None = None) -> tuple[int, str, str]:
+    """(exit code, stdout, stderr) for one action; never raises. ``config`` defaults to
+    config_path(); the agent passes the path its client computed."""
     try:
         own, vm_id, host = actions.split_argv(action, argv)
-        cfg = load_config(config_path())
+        cfg = load_config(config or config_path())
         vm = parse_vm(decode_stdin(stdin)) if stdin.strip() else None
         if vm is not None and vm.vm_id != vm_id:
             raise VmXmlError(f"the XML is for VM {vm.vm_id}, the action for VM {vm_id}")
         func = actions.ACTIONS.get(action)
         if func is None:
             raise actions.NotSupported(action, "not implemented yet")
-        out = func(actions.Call(action, own, vm_id, host, vm, cfg))
+        with vm_lock(cfg.run_dir, vm_id):
+            out = func(actions.Call(action, own, vm_id, host, vm, cfg))
     except actions.ActionError as exc:
         return 1, "", f"ERROR: {exc.strerror}\n"
     except (ValueError, OSError) as exc:
         return 1, "", f"ERROR: {action}: {exc}\n"
     return 0, (out + "\n") if out else "", ""
+
+
+def vm_lock(run_dir: str, vm_id: int) -> contextlib.AbstractContextManager[None]:
+    """One action per VM at a time, whether it runs in the agent or in its own process:
+    oned serialises a VM's actions, but a retry after a timeout, or an operator running an
+    action by hand, must not interleave with a running one."""
+    return _flock(os.path.join(run_dir, ".locks", f"one-{vm_id}"))
+
+
+@contextlib.contextmanager
+def _flock(path: str) -> Iterator[None]:
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except FileNotFoundError:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # the lock file stays: unlinking it would race with a waiter
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ three transports, stdout and exit codes as oned reads them."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import os
 import shlex
 import signal
@@ -26,15 +27,46 @@ REMOTES = Path(__file__).resolve().parents[2] / "remotes"
 VMM = REMOTES / "vmm" / "lxcone"
 
 
-@pytest.fixture
-def driver(tmp_path, runtime):
-    """The driver configured onto the test's run dir, cgroup parent and host netns."""
+@pytest.fixture(params=["in-process", "agent"])
+def driver(request, tmp_path, runtime):
+    """The driver configured onto the test's run dir, cgroup parent and host netns; every test
+    runs twice: each action in its own process (``agent = false``), and through a resident
+    agent that the test starts (the agent's log then proves it served the actions)."""
     cfg = tmp_path / "lxcone.toml"
     cfg.write_text(f'run_dir = "{runtime.run_dir}"\ncgroup_parent = "{runtime.cgroup_parent}"\n'
                    f'host_netns = "{runtime.host_netns}"\nstop_signal = "SIGUSR2"\n'
-                   "shutdown_timeout_s = 10\n")
+                   "shutdown_timeout_s = 10\n"
+                   f"agent = {'true' if request.param == 'agent' else 'false'}\n")
     env = {**os.environ, "LXCONE_PYTHON": sys.executable, "LXCONE_CONFIG": str(cfg)}
-    return env, cfg
+    if request.param == "in-process":
+        yield env, cfg
+        assert not (Path(runtime.run_dir) / "agent.sock").exists(), "agent = false started one"
+        return
+    with running_agent(cfg, runtime.run_dir) as log:
+        yield env, cfg
+    served = [line for line in log.read_text().splitlines() if " exit " in line]
+    assert served, "the agent served no action: the client ran them itself"
+
+
+@contextlib.contextmanager
+def running_agent(cfg: Path, run_dir: str):
+    """An agent for the test's run dir, stopped (cleanly, exit 0) at the end; yields its log."""
+    log = cfg.with_name("agent.log")
+    with open(log, "wb") as err:
+        agent = subprocess.Popen([sys.executable, "-m", "lxcone.agent", "serve", "--config",
+                                  str(cfg)], stdin=subprocess.DEVNULL, stderr=err)
+    try:
+        sock = Path(run_dir) / "agent.sock"
+        deadline = time.monotonic() + 30
+        while not sock.exists():
+            assert agent.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the agent did not start listening"
+            time.sleep(0.01)
+        yield log
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        assert agent.wait(60) == 0, log.read_text()
+    assert not sock.exists(), "the agent left its socket behind"
 
 
 def ssh_stream(env, action: str, *args: str, stdin: bytes) -> subprocess.CompletedProcess:
