@@ -4,101 +4,28 @@ three transports, stdout and exit codes as oned reads them."""
 
 from __future__ import annotations
 
-import base64
-import contextlib
 import os
-import shlex
 import signal
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-from lxcone.images.busybox import STOP_SIGNAL
-from lxcone.runtime import ContainerSpec, Runtime
+from contract.oned import (
+    REMOTES,
+    TRANSPORTS,
+    VMM,
+    loops_backed_by,
+    mounts_under,
+    remotes_command,
+    ssh_stream,
+    start_vm,
+)
+from lxcone.runtime import ContainerSpec
 from lxcone.testing.fixtures import needs_root
 from lxcone.testing.vmxml import action_data, vm_xml
 
 pytestmark = [pytest.mark.root, needs_root]
-
-REMOTES = Path(__file__).resolve().parents[2] / "remotes"
-VMM = REMOTES / "vmm" / "lxcone"
-
-
-@pytest.fixture(params=["in-process", "agent"])
-def driver(request, tmp_path, runtime):
-    """The driver configured onto the test's run dir, cgroup parent and host netns; every test
-    runs twice: each action in its own process (``agent = false``), and through a resident
-    agent that the test starts (the agent's log then proves it served the actions)."""
-    cfg = tmp_path / "lxcone.toml"
-    cfg.write_text(f'run_dir = "{runtime.run_dir}"\ncgroup_parent = "{runtime.cgroup_parent}"\n'
-                   f'host_netns = "{runtime.host_netns}"\nstop_signal = "SIGUSR2"\n'
-                   "shutdown_timeout_s = 10\n"
-                   f"agent = {'true' if request.param == 'agent' else 'false'}\n")
-    env = {**os.environ, "LXCONE_PYTHON": sys.executable, "LXCONE_CONFIG": str(cfg)}
-    if request.param == "in-process":
-        yield env, cfg
-        assert not (Path(runtime.run_dir) / "agent.sock").exists(), "agent = false started one"
-        return
-    with running_agent(cfg, runtime.run_dir) as log:
-        yield env, cfg
-    served = [line for line in log.read_text().splitlines() if " exit " in line]
-    assert served, "the agent served no action: the client ran them itself"
-
-
-@contextlib.contextmanager
-def running_agent(cfg: Path, run_dir: str):
-    """An agent for the test's run dir, stopped (cleanly, exit 0) at the end; yields its log."""
-    log = cfg.with_name("agent.log")
-    with open(log, "wb") as err:
-        agent = subprocess.Popen([sys.executable, "-m", "lxcone.agent", "serve", "--config",
-                                  str(cfg)], stdin=subprocess.DEVNULL, stderr=err)
-    try:
-        sock = Path(run_dir) / "agent.sock"
-        deadline = time.monotonic() + 30
-        while not sock.exists():
-            assert agent.poll() is None, log.read_text()
-            assert time.monotonic() < deadline, "the agent did not start listening"
-            time.sleep(0.01)
-        yield log
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        assert agent.wait(60) == 0, log.read_text()
-    assert not sock.exists(), "the agent left its socket behind"
-
-
-def ssh_stream(env, action: str, *args: str, stdin: bytes) -> subprocess.CompletedProcess:
-    """What `ssh host bash -s` executes: single-quoted args, stdin through a heredoc (+ newline)."""
-    script = VMM / action
-    quoted = " ".join(shlex.quote(a) for a in args)
-    body = f"cat << 'EOT' | {script} {quoted}\n{stdin.decode()}\nEOT\n"
-    return subprocess.run(["bash", "-s"], input=body.encode(), capture_output=True, env=env,
-                          timeout=60, check=False)
-
-
-def remotes_command(env, action: str, *args: str, stdin: bytes) -> subprocess.CompletedProcess:
-    """RemotesCommand: `if [ -x script ]; then script args; else exit 42; fi`, raw stdin."""
-    script = VMM / action
-    cmd = f"if [ -x {script} ]; then {script} {' '.join(args)}; else exit 42; fi"
-    return subprocess.run(["sh", "-c", cmd], input=stdin, capture_output=True, env=env,
-                          timeout=60, check=False)
-
-
-def local(env, action: str, *args: str, stdin: bytes) -> subprocess.CompletedProcess:
-    """`-l` local actions: run on the frontend, stdin base64 (strict_encode64, no newline)."""
-    return subprocess.run([str(VMM / action), *args], input=base64.b64encode(stdin),
-                          capture_output=True, env=env, timeout=60, check=False)
-
-
-TRANSPORTS = [ssh_stream, remotes_command, local]
-
-
-def start_vm(runtime: Runtime, rootfs: str, vm_id: int = 12) -> int:
-    """What deploy will do (next increment): a running container named one-<id>."""
-    return runtime.run(ContainerSpec(name=f"one-{vm_id}", rootfs=rootfs,
-                                     stop_signal=STOP_SIGNAL)).pid
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
@@ -230,42 +157,6 @@ def test_attach_nic_refuses_argv_that_contradicts_the_xml(driver, runtime, busyb
     p = ssh_stream(env, "attach_nic", "one-12", "02:00:00:00:00:99", "br0", "-", "bridge",
                    "one-12-1", "12", "node1", stdin=xml)
     assert p.returncode == 1 and b"does not match NIC 1" in p.stderr
-
-
-def loops_backed_by(prefix: str) -> list[str]:
-    """Loop devices whose backing file lives under prefix (the leak oracle for disks)."""
-    found = []
-    for dev in Path("/sys/block").glob("loop*"):
-        backing = dev / "loop" / "backing_file"
-        if backing.exists() and backing.read_text().strip().startswith(prefix):
-            found.append(dev.name)
-    return found
-
-
-def mounts_under(prefix: str) -> list[str]:
-    with open("/proc/self/mountinfo") as f:
-        return [line.split()[4] for line in f if line.split()[4].startswith(prefix)]
-
-
-@pytest.fixture
-def datastore(tmp_path, busybox_rootfs):
-    """A system datastore dir holding VM 12's disks as OpenNebula's TM leaves them: disk.0 a
-    raw ext4 image with the busybox rootfs, disk.1 the context ISO, disk.2 a data directory."""
-    from lxcone.testing import images
-
-    images.need("mkfs.ext4", "genisoimage")
-    vm_dir = tmp_path / "datastores" / "0" / "12"
-    vm_dir.mkdir(parents=True)
-    images.fs_image(str(vm_dir / "disk.0"), "ext4", 64, populate=busybox_rootfs)
-    ctx = tmp_path / "ctx"
-    ctx.mkdir()
-    (ctx / "context.sh").write_text("ETH0_IP='192.168.150.100'\nSET_HOSTNAME='ctx-host'\n")
-    images.iso(str(ctx), str(vm_dir / "disk.1"))
-    (vm_dir / "disk.2").mkdir()
-    (vm_dir / "disk.2" / "data.txt").write_text("payload\n")
-    yield vm_dir
-    assert loops_backed_by(str(tmp_path)) == [], "loop devices leaked"
-    assert mounts_under(str(tmp_path)) == [], "mounts leaked"
 
 
 def test_deploy_shutdown_resume_cancel_lifecycle(driver, runtime, datastore):

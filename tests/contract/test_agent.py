@@ -1,0 +1,171 @@
+"""The resident agent as oned meets it: started on first use, serving actions, replaceable at
+any time without touching running containers, and refusing what it must refuse."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from contract.oned import loops_backed_by, running_agent, ssh_stream
+from lxcone.agent import server, wire
+from lxcone.testing.fixtures import needs_root
+from lxcone.testing.helpers import wait_for
+from lxcone.testing.vmxml import action_data, disk, vm_xml
+
+pytestmark = [pytest.mark.root, needs_root]
+
+
+@pytest.fixture
+def agent_cfg(tmp_path, runtime, datastore):
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text(f'run_dir = "{runtime.run_dir}"\ncgroup_parent = "{runtime.cgroup_parent}"\n'
+                   f'host_netns = "{runtime.host_netns}"\nstop_signal = "SIGUSR2"\n'
+                   f'datastores = "{datastore.parent.parent}"\nagent = true\n')
+    env = {**os.environ, "LXCONE_PYTHON": sys.executable, "LXCONE_CONFIG": str(cfg)}
+    yield env, cfg
+    server.stop(runtime.run_dir, timeout=60)  # an agent the client started on its own
+    assert server.read_pid(runtime.run_dir) is None
+
+
+def deploy(env, datastore, vm_id=12):
+    xml = vm_xml(vm_id, nics=[], disks=[disk(0)])
+    return ssh_stream(env, "deploy", str(datastore.parent / str(vm_id) / "deployment.0"),
+                      "node1", str(vm_id), "node1", stdin=xml)
+
+
+def cancel(env, vm_id=12):
+    xml = action_data(vm_xml(vm_id, deploy_id=f"one-{vm_id}", nics=[], disks=[disk(0)]))
+    return ssh_stream(env, "cancel", f"one-{vm_id}", "node1", str(vm_id), "node1", stdin=xml)
+
+
+def served(run_dir: str) -> list[str]:
+    log = Path(run_dir) / "agent.log"
+    return [line for line in log.read_text().splitlines() if " exit " in line] \
+        if log.exists() else []
+
+
+def test_the_first_action_starts_the_agent_and_the_next_ones_use_it(agent_cfg, runtime,
+                                                                    datastore):
+    env, _ = agent_cfg
+    p = deploy(env, datastore)  # no agent yet: runs in its own process, starts one
+    assert (p.returncode, p.stdout) == (0, b"one-12\n"), p.stderr
+    wait_for(lambda: server.read_pid(runtime.run_dir) is not None, 30)
+    wait_for((Path(runtime.run_dir) / "agent.sock").exists, 30)
+    assert served(runtime.run_dir) == []
+    p = cancel(env)
+    assert p.returncode == 0, p.stderr
+    assert [line.split("lxcone-agent: ")[1].split(" in ")[0] for line in served(runtime.run_dir)
+            ] == ["cancel vm 12 exit 0"]
+    assert runtime.list() == [] and loops_backed_by(str(datastore)) == []
+
+
+def test_containers_outlive_a_killed_agent_and_a_new_agent_manages_them(agent_cfg, runtime,
+                                                                       datastore):
+    env, _ = agent_cfg
+    assert deploy(env, datastore).returncode == 0  # starts the agent
+    wait_for((Path(runtime.run_dir) / "agent.sock").exists, 30)
+    first = server.read_pid(runtime.run_dir)
+    init = runtime.state("one-12").pid
+    os.kill(first, signal.SIGKILL)
+    wait_for(lambda: server.read_pid(runtime.run_dir) is None, 10)
+    assert runtime.state("one-12").status == "running" and runtime.state("one-12").pid == init
+    # The dead agent's socket is still there: the client neither hangs on it nor fails; it runs
+    # the action itself and starts a new agent, which then manages the container.
+    p = ssh_stream(env, "poll", "one-12", "node1", "12", "node1", stdin=b"")
+    assert (p.returncode, p.stdout) == (0, b"STATE=a\n"), p.stderr
+    wait_for(lambda: server.read_pid(runtime.run_dir) not in (None, first), 30)
+    assert cancel(env).returncode == 0
+    assert served(runtime.run_dir)[-1].split(" in ")[0].endswith("cancel vm 12 exit 0")
+    assert runtime.list() == [] and loops_backed_by(str(datastore)) == []
+
+
+def monitor_zombies_of(pid: int) -> list[int]:
+    zombies = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split():
+            stat = Path(f"/proc/{child}/stat").read_text()
+            if "(lxcone-monitor) Z" in stat:
+                zombies.append(int(child))
+    return zombies
+
+
+def test_the_agent_reaps_the_monitor_of_a_guest_that_powered_itself_off(agent_cfg, runtime,
+                                                                       datastore):
+    env, cfg = agent_cfg
+    with running_agent(cfg, runtime.run_dir):
+        assert deploy(env, datastore).returncode == 0
+        agent = server.read_pid(runtime.run_dir)
+        monitor = runtime.state("one-12").monitor_pid
+        assert monitor in map(int, Path(f"/proc/{agent}/task/{agent}/children").read_text()
+                              .split()) or any(
+            str(monitor) in Path(f"/proc/{agent}/task/{t}/children").read_text().split()
+            for t in os.listdir(f"/proc/{agent}/task"))
+        runtime.kill("one-12", signal.SIGUSR2)  # busybox init: power off
+        wait_for(lambda: runtime.state("one-12").status == "stopped", 20)
+        wait_for(lambda: not Path(f"/proc/{monitor}").exists(), 10)  # reaped, not a zombie
+        assert monitor_zombies_of(agent) == []
+        assert cancel(env).returncode == 0  # releases the disks of the stopped VM
+    assert loops_backed_by(str(datastore)) == []
+
+
+def test_a_client_of_another_version_is_reset_and_runs_the_action_itself(agent_cfg, runtime):
+    _, cfg = agent_cfg
+    with running_agent(cfg, runtime.run_dir) as log:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(Path(runtime.run_dir) / "agent.sock"))
+        s.sendall(b"LXA0" + bytes(12))
+        with pytest.raises(ConnectionResetError):
+            s.recv(1)
+        s.close()
+        wait_for(lambda: "the client runs it itself" in log.read_text(), 10)
+
+
+def test_only_root_may_ask_the_agent(tmp_path):
+    # A run dir that uid 65534 can reach (pytest's tmp dirs are root-only), opened up as an
+    # operator might do: the agent still checks who connects.
+    run_dir = Path(tempfile.mkdtemp(prefix="lxcone-uid-"))
+    try:
+        run_dir.chmod(0o755)
+        cfg = tmp_path / "agent.toml"
+        cfg.write_text(f'run_dir = "{run_dir}"\n')
+        with running_agent(cfg, str(run_dir)):
+            sock = run_dir / "agent.sock"
+            assert sock.stat().st_mode & 0o777 == 0o600
+            sock.chmod(0o666)
+            request = wire.encode_fields([str(cfg).encode(), b"poll", b"one-12", b"h", b"12",
+                                          b"h", b""])
+            code = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
+                    " s.sendall(bytes.fromhex(sys.argv[2])); sys.stdout.buffer.write(s.recv(4096))")
+            # The venv's interpreter lives under /root, which uid 65534 cannot enter.
+            python = shutil.which("python3", path="/usr/bin:/bin")
+            if python is None:
+                pytest.skip("no system python3 for an unprivileged client")
+            p = subprocess.run([python, "-c", code, str(sock), request.hex()], user=65534,
+                               capture_output=True, timeout=30, check=True)
+            assert p.stdout.endswith(b"ERROR: poll: uid 65534 may not run actions\n")
+            assert p.stdout[:4] == (1).to_bytes(4, "big")
+    finally:
+        shutil.rmtree(run_dir)
+
+
+def test_two_vms_deploy_at_once_through_the_agent(agent_cfg, runtime, datastore):
+    env, cfg = agent_cfg
+    shutil.copytree(datastore, datastore.parent / "13")
+    with running_agent(cfg, runtime.run_dir) as log, ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda v: deploy(env, datastore, v), (12, 13)))
+        assert [(p.returncode, p.stdout) for p in results] == [(0, b"one-12\n"),
+                                                               (0, b"one-13\n")], results
+        assert {s.name: s.status for s in runtime.list()} == {"one-12": "running",
+                                                                "one-13": "running"}
+        assert all(p.returncode == 0 for p in pool.map(lambda v: cancel(env, v), (12, 13)))
+        assert len([line for line in log.read_text().splitlines() if " exit 0 " in line]) == 4
+    assert runtime.list() == [] and loops_backed_by(str(datastore.parent)) == []
