@@ -11,7 +11,7 @@ import contextlib
 import errno
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from lxcone.driver.config import DriverConfig
 from lxcone.driver.vmxml import DEPLOY_ID_RE, Vm
@@ -70,7 +70,6 @@ def deploy(call: Call) -> str:
     resume from poweroff and undeploy (same VM, disks already in the system datastore).
     Idempotent: a running container is left alone; on failure nothing stays mounted or plugged."""
     from lxcone.driver import disks
-    from lxcone.driver.convert import container_spec
 
     vm = _need_vm(call)
     rt = call.runtime
@@ -79,14 +78,27 @@ def deploy(call: Call) -> str:
         if status in (RUNNING, FROZEN):
             return vm.deploy_id
         rt.delete(vm.deploy_id)  # a stopped leftover: its disks and NICs may have changed
-    mounted = disks.mount_vm_disks(vm, call.cfg, disks.vm_dir(vm, call.cfg, call.args[0]))
+    _start(call, vm, disks.vm_dir(vm, call.cfg, call.args[0]))
+    return vm.deploy_id
+
+
+def _start(call: Call, vm: Vm, directory: str) -> None:
+    """Mount the disks, write the guest's DNS settings, run the container; on failure release
+    everything."""
+    from lxcone.driver import disks, guestfs
+    from lxcone.driver.convert import container_spec, resolv_conf
+
+    mounted = disks.mount_vm_disks(vm, call.cfg, directory)
     try:
-        rt.run(container_spec(vm, call.cfg, mounted.rootfs, mounted.binds,
-                              host_cpus=os.cpu_count() or 1))
+        spec = container_spec(vm, call.cfg, mounted.rootfs, mounted.binds,
+                              host_cpus=os.cpu_count() or 1)
+        resolv = resolv_conf(vm)
+        if resolv is not None:
+            guestfs.write_file(mounted.rootfs, "etc/resolv.conf", resolv.encode())
+        call.runtime.run(spec)
     except BaseException:
         disks.release_vm_disks(vm, call.cfg)
         raise
-    return vm.deploy_id
 
 
 def _need_vm(call: Call) -> Vm:
@@ -98,12 +110,13 @@ def _need_vm(call: Call) -> Vm:
 def _stopped_release(call: Call, name: str) -> None:
     """After a stop driven by OpenNebula: forget the container and release its disks (the TM
     moves or deletes them next)."""
-    from lxcone.driver import disks
+    from lxcone.driver import disks, snapshots
 
     with contextlib.suppress(ContainerNotFound):
         call.runtime.delete(name)
     if call.vm is not None:
         disks.release_vm_disks(call.vm, call.cfg)
+        snapshots.delete_all(call.vm, call.cfg)
 
 
 def shutdown(call: Call) -> str:
@@ -182,7 +195,19 @@ def attach_nic(call: Call) -> str:
         raise ActionError(errno.EINVAL, f"attach_nic: argv (MAC {mac}, BRIDGE {bridge}, TARGET "
                                         f"{target}) does not match NIC {nic.nic_id} of the XML")
     call.runtime.add_nic(name, nic_spec(vm, nic))
+    _refresh_resolv_conf(call, name, vm)
     return ""
+
+
+def _refresh_resolv_conf(call: Call, name: str, vm: Vm) -> None:
+    """The guest's resolv.conf after a change of NICs or context, through the host-side mount
+    of its rootfs (the same file the guest sees)."""
+    from lxcone.driver import guestfs
+    from lxcone.driver.convert import resolv_conf
+
+    text = resolv_conf(vm)
+    if text is not None:
+        guestfs.write_file(call.runtime.spec(name).rootfs, "etc/resolv.conf", text.encode())
 
 
 def detach_nic(call: Call) -> str:
@@ -193,6 +218,78 @@ def detach_nic(call: Call) -> str:
     for nic in rt.spec(name).nics:
         if (nic.mac or "").lower() == mac:
             rt.remove_nic(name, nic.host_name)
+    if call.vm is not None:
+        # the XML still lists the NIC being detached (ATTACH=YES): its DNS servers go with it
+        _refresh_resolv_conf(call, name, replace(call.vm, nics=tuple(
+            n for n in call.vm.nics if n.mac != mac)))
+    return ""
+
+
+def resize(call: Call) -> str:
+    """Live CPU/VCPU/MEMORY resize (VM_MAD LIVE_RESIZE="yes"): the cgroup limits change in
+    place. Memory below what the container uses and cannot reclaim fails (EBUSY), with the
+    old limits kept."""
+    from lxcone.driver.convert import resize_resources
+
+    name = deploy_id_arg(call, call.args[0])
+    vm = _need_vm(call)
+    call.runtime.update(name, resize_resources(vm, call.cfg, os.cpu_count() or 1))
+    return ""
+
+
+def snapshot_create(call: Call) -> str:
+    """Snapshot the VM's writable disks with the container frozen; print our snapshot id
+    (oned stores it as HYPERVISOR_ID and gives it back to revert and delete)."""
+    from lxcone.driver import snapshots
+
+    name = deploy_id_arg(call, call.args[0])
+    vm = _need_vm(call)
+    snap = snapshots.hypervisor_id(call.args[1])
+    rt = call.runtime
+
+    def freeze() -> bool:
+        if rt.state(name).status == FROZEN:
+            return False  # frozen by someone else: leave it so
+        rt.freeze(name)
+        return True
+
+    snapshots.create(vm, call.cfg, freeze, lambda: rt.thaw(name), snap)
+    return snap
+
+
+def snapshot_revert(call: Call) -> str:
+    """Stop the container, put its disks back as in the snapshot, start it again. If the
+    revert fails, the container is started on its current disks before the error is
+    reported: the VM stays RUNNING, as oned believes it is."""
+    from lxcone.driver import disks, snapshots
+
+    name = deploy_id_arg(call, call.args[0])
+    vm = _need_vm(call)
+    snap = snapshots.check_hypervisor_id(call.args[1])
+    rt = call.runtime
+    with contextlib.suppress(ContainerNotFound):
+        rt.delete(name, force=True)
+    disks.release_vm_disks(vm, call.cfg)
+    try:
+        snapshots.revert_disks(vm, call.cfg, snap)
+    except (OSError, ValueError) as exc:
+        try:
+            _start(call, vm, disks.vm_dir(vm, call.cfg))
+        except (OSError, ValueError) as again:
+            raise ActionError(getattr(exc, "errno", None) or errno.EIO,
+                              f"snapshot_revert: {exc}; and {name} could not start again on "
+                              f"its current disks: {again}") from exc
+        raise
+    _start(call, vm, disks.vm_dir(vm, call.cfg))
+    return ""
+
+
+def snapshot_delete(call: Call) -> str:
+    """Remove one snapshot; an unknown one is already deleted."""
+    from lxcone.driver import snapshots
+
+    deploy_id_arg(call, call.args[0])
+    snapshots.delete(_need_vm(call), call.cfg, snapshots.check_hypervisor_id(call.args[1]))
     return ""
 
 
@@ -205,7 +302,9 @@ def _unsupported(why: str) -> Callable[[Call], str]:
 
 ACTIONS: dict[str, Callable[[Call], str]] = {
     "deploy": deploy, "shutdown": shutdown, "cancel": cancel, "reboot": reboot, "reset": reset,
-    "poll": poll, "attach_nic": attach_nic, "detach_nic": detach_nic,
+    "poll": poll, "attach_nic": attach_nic, "detach_nic": detach_nic, "resize": resize,
+    "snapshot_create": snapshot_create, "snapshot_revert": snapshot_revert,
+    "snapshot_delete": snapshot_delete,
     # CRIU >= 4.1 is needed on these kernels (Debian 12 ships 3.17): a later issue.
     "save": _unsupported("checkpoint needs CRIU >= 4.1, not implemented yet"),
     "restore": _unsupported("checkpoint needs CRIU >= 4.1, not implemented yet"),

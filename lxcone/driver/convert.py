@@ -20,7 +20,7 @@ from lxcone.cgroups import Resources
 from lxcone.driver.config import DriverConfig
 from lxcone.driver.vmxml import Nic, Vm, VmXmlError, hostname_for
 from lxcone.netns import Address, NicSpec
-from lxcone.runtime.spec import Bind, ContainerSpec, IdMap
+from lxcone.runtime.spec import HOSTNAME_RE, Bind, ContainerSpec, IdMap
 
 MIB = 1 << 20
 
@@ -57,6 +57,51 @@ def resources_for(vm: Vm, cfg: DriverConfig, host_cpus: int) -> Resources:
         cpu_quota_us=quota, cpu_period_us=cfg.cpu_period_us if quota else None,
         cpu_shares=shares, cpuset_cpus=cpuset,
     )
+
+
+def resize_resources(vm: Vm, cfg: DriverConfig, host_cpus: int) -> Resources:
+    """Limits for a live resize: like a deploy's, except that what the VM no longer sets
+    becomes unlimited rather than staying as it was (a resize to no CPU cap removes the cap)."""
+    res = resources_for(vm, cfg, host_cpus)
+    return replace(
+        res,
+        memory_limit_bytes=res.memory_limit_bytes or -1,
+        memory_swap_limit_bytes=res.memory_swap_limit_bytes or -1,
+        cpu_quota_us=res.cpu_quota_us or -1,
+        cpu_shares=res.cpu_shares or 1024,
+    )
+
+
+def resolv_conf(vm: Vm) -> str | None:
+    """/etc/resolv.conf for the guest from the NICs' DNS and CONTEXT DNS, ETH<i>_DNS,
+    SEARCH_DOMAIN and ETH<i>_SEARCH_DOMAIN (what one-context would write); None when the VM
+    names no DNS server, so that the guest's own file is left alone."""
+    ctx = vm.context
+    servers: list[str] = []
+    search: list[str] = []
+    for n in vm.nics:
+        servers += n.dns
+        servers += ctx.get(f"ETH{n.nic_id}_DNS", "").split()
+        search += ctx.get(f"ETH{n.nic_id}_SEARCH_DOMAIN", "").split()
+    servers += ctx.get("DNS", "").split()
+    search += ctx.get("SEARCH_DOMAIN", "").split()
+    good = []
+    for server in servers:
+        try:
+            good.append(str(ipaddress.ip_address(server)))
+        except ValueError:
+            raise VmXmlError(f"DNS server {server[:60]!r} is not an IP address") from None
+    for domain in search:
+        if not HOSTNAME_RE.fullmatch(domain):
+            raise VmXmlError(f"SEARCH_DOMAIN {domain[:60]!r} is not a domain name")
+    good = list(dict.fromkeys(good))
+    if not good:
+        return None
+    lines = ["# written by LXCoNe from the VM's DNS settings"]
+    if search:
+        lines.append("search " + " ".join(dict.fromkeys(search)))
+    lines += [f"nameserver {s}" for s in good]
+    return "\n".join(lines) + "\n"
 
 
 def nic_spec(vm: Vm, nic: Nic) -> NicSpec:
