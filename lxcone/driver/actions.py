@@ -293,6 +293,58 @@ def snapshot_delete(call: Call) -> str:
     return ""
 
 
+def attach_disk(call: Call) -> str:
+    """Hot-plug DISK[ATTACH=YES]: mounted at /media/<DISK_ID> (or its absolute TARGET).
+    argv: deploy_id DISK_TARGET_PATH TARGET TARGET_INDEX DRV_ACTION(base64)."""
+    from lxcone.driver import hotplug
+
+    name = deploy_id_arg(call, call.args[0])
+    hotplug.attach_disk(call.runtime, name, _need_vm(call), call.cfg, call.args[1])
+    return ""
+
+
+def detach_disk(call: Call) -> str:
+    """Unplug a disk; fails cleanly (nothing changed) while a guest process uses it.
+    argv: deploy_id DISK_TARGET_PATH TARGET TARGET_INDEX."""
+    from lxcone.driver import hotplug
+
+    name = deploy_id_arg(call, call.args[0])
+    hotplug.detach_disk(call.runtime, name, _need_vm(call), call.cfg, call.args[1])
+    return ""
+
+
+def prereconfigure(call: Call) -> str:
+    """First half of a live context update (after attach/detach_nic, or updateconf): /context
+    is unmounted so that the TM can rewrite the context disk. argv: deploy_id CONTEXT_TARGET."""
+    from lxcone.driver import hotplug
+
+    name = deploy_id_arg(call, call.args[0])
+    hotplug.unmount_context(call.runtime, name, _need_vm(call), call.cfg)
+    return ""
+
+
+def reconfigure(call: Call) -> str:
+    """Second half: the new context disk at /context, and the VM's DNS settings applied again.
+    argv: deploy_id CONTEXT_TARGET DISK_TARGET_PATH."""
+    from lxcone.driver import hotplug
+
+    name = deploy_id_arg(call, call.args[0])
+    vm = _need_vm(call)
+    hotplug.mount_context(call.runtime, name, vm, call.cfg, call.args[2])
+    _refresh_resolv_conf(call, name, vm)
+    return ""
+
+
+def resize_disk(call: Call) -> str:
+    """Grow a disk and its filesystem while the container runs.
+    argv: deploy_id DISK_ID SIZE(MiB) DRV_ACTION(base64) host."""
+    from lxcone.driver import hotplug
+
+    deploy_id_arg(call, call.args[0])
+    hotplug.resize_disk(_need_vm(call), call.cfg, call.args[1], call.args[2])
+    return ""
+
+
 def _unsupported(why: str) -> Callable[[Call], str]:
     def action(call: Call) -> str:
         raise NotSupported(call.action, why)
@@ -304,7 +356,8 @@ ACTIONS: dict[str, Callable[[Call], str]] = {
     "deploy": deploy, "shutdown": shutdown, "cancel": cancel, "reboot": reboot, "reset": reset,
     "poll": poll, "attach_nic": attach_nic, "detach_nic": detach_nic, "resize": resize,
     "snapshot_create": snapshot_create, "snapshot_revert": snapshot_revert,
-    "snapshot_delete": snapshot_delete,
+    "snapshot_delete": snapshot_delete, "attach_disk": attach_disk, "detach_disk": detach_disk,
+    "prereconfigure": prereconfigure, "reconfigure": reconfigure, "resize_disk": resize_disk,
     # CRIU >= 4.1 is needed on these kernels (Debian 12 ships 3.17): a later issue.
     "save": _unsupported("checkpoint needs CRIU >= 4.1, not implemented yet"),
     "restore": _unsupported("checkpoint needs CRIU >= 4.1, not implemented yet"),

@@ -7,13 +7,14 @@ shares the host's kernel and its swap.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from lxcone.driver.config import DriverConfig
-from lxcone.driver.vmxml import Vm, VmXmlError
+from lxcone.driver.vmxml import Disk, Vm, VmXmlError
 from lxcone.runtime.spec import Bind
 
 CONTEXT_TARGET = "/context"
@@ -48,34 +49,51 @@ def state_dir(cfg: DriverConfig, vm: Vm) -> Path:
 
 def mount_vm_disks(vm: Vm, cfg: DriverConfig, directory: str) -> VmDisks:
     """Mount every disk (idempotent); on failure release what was mounted and raise."""
-    from lxcone import storage
-
     root = vm.root_disk
     if root is None:
         raise VmXmlError("the VM has no disk to use as its root filesystem")
-    sdir = state_dir(cfg, vm)
-    sdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     binds: list[Bind] = []
     rootfs = None
     try:
         for disk in vm.disks:
             if disk.type == "swap":
                 continue
-            is_context = disk.disk_id == vm.context_disk_id
-            spec = storage.DiskSpec(
-                disk_id=disk.disk_id, source=os.path.join(directory, f"disk.{disk.disk_id}"),
-                format="auto", readonly=disk.readonly or is_context)
-            mounted = storage.mount_disk(spec, str(sdir / str(disk.disk_id)), str(sdir))
+            bind = mount_one(vm, cfg, disk, os.path.join(directory, f"disk.{disk.disk_id}"))
             if disk is root:
-                rootfs = mounted.mountpoint
+                rootfs = bind.source
             else:
-                target = CONTEXT_TARGET if is_context else disk.mount_target
-                binds.append(Bind(mounted.mountpoint, target, readonly=spec.readonly))
+                binds.append(bind)
     except BaseException:
         release_vm_disks(vm, cfg)
         raise
     assert rootfs is not None
     return VmDisks(rootfs, tuple(binds))
+
+
+def mount_one(vm: Vm, cfg: DriverConfig, disk: Disk, source: str) -> Bind:
+    """Mount one disk of the VM on the host (idempotent); the bind that puts it in the guest."""
+    from lxcone import storage
+
+    sdir = state_dir(cfg, vm)
+    sdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    is_context = disk.disk_id == vm.context_disk_id
+    spec = storage.DiskSpec(disk_id=disk.disk_id, source=source, format="auto",
+                            readonly=disk.readonly or is_context)
+    mounted = storage.mount_disk(spec, str(sdir / str(disk.disk_id)), str(sdir))
+    return Bind(mounted.mountpoint, CONTEXT_TARGET if is_context else disk.mount_target,
+                readonly=spec.readonly)
+
+
+def release_one(vm: Vm, cfg: DriverConfig, disk_id: int) -> None:
+    """Unmount one disk from the host (idempotent); its mountpoint goes too."""
+    from lxcone import storage
+
+    sdir = state_dir(cfg, vm)
+    if not sdir.exists():
+        return
+    storage.unmount_disk(disk_id, str(sdir))
+    with contextlib.suppress(FileNotFoundError):
+        (sdir / str(disk_id)).rmdir()
 
 
 def release_vm_disks(vm: Vm, cfg: DriverConfig, lazy: bool = False) -> None:
