@@ -3,7 +3,8 @@
 Every failing call raises ``OSError(errno, strerror, path)`` (so ``FileNotFoundError``,
 ``PermissionError``... come for free) with the call name in the message; mounts raise
 ``MountError`` with the flags spelled out. Nothing here changes the caller's namespaces except
-``setns``, which callers use only for CLONE_NEWNET (per-thread, allowed in threaded processes).
+``setns``, which callers use only for CLONE_NEWNET (per-thread, allowed in threaded processes);
+``attach``, ``hot_mount`` and ``hot_umount`` join a container's namespaces in a cloned C child.
 """
 
 from __future__ import annotations
@@ -153,6 +154,71 @@ def idmap_tree(tree_fd: int, userns_fd: int) -> None:
     if lib.lxcone_mount_setattr_idmap(tree_fd, b"", lib.AT_EMPTY_PATH | lib.AT_RECURSIVE,
                                       userns_fd) < 0:
         _raise("mount_setattr(MOUNT_ATTR_IDMAP)", f"fd {tree_fd}")
+
+
+MOUNT_ATTR_RDONLY: int = lib.MOUNT_ATTR_RDONLY
+MOUNT_ATTR_NOSUID: int = lib.MOUNT_ATTR_NOSUID
+MOUNT_ATTR_NODEV: int = lib.MOUNT_ATTR_NODEV
+MOUNT_ATTR_NOEXEC: int = lib.MOUNT_ATTR_NOEXEC
+MOUNT_ATTR_IDMAP: int = lib.MOUNT_ATTR_IDMAP
+
+
+def mount_setattr(tree_fd: int, attr_set: int, attr_clr: int = 0, *, userns_fd: int = -1,
+                  recursive: bool = True) -> None:
+    """mount_setattr(2) on the mount (tree, with ``recursive``) open on ``tree_fd``:
+    ``MOUNT_ATTR_*`` flags; ``MOUNT_ATTR_IDMAP`` needs ``userns_fd`` and a detached tree."""
+    flags = lib.AT_EMPTY_PATH | (lib.AT_RECURSIVE if recursive else 0)
+    if lib.lxcone_mount_setattr(tree_fd, b"", flags, attr_set, attr_clr, userns_fd) < 0:
+        _raise(f"mount_setattr({attr_set:#x}, clear {attr_clr:#x})", f"fd {tree_fd}")
+
+
+class HotMountError(OSError):
+    """A hot mount step failed inside the container: ``errno``, the ``call`` and the ``filename``
+    (a path inside the container) it failed on."""
+
+    def __init__(self, err: int, call: str, path: str) -> None:
+        super().__init__(err, f"{os.strerror(err)} [{call}]", path)
+        self.call = call
+
+
+def _hot_error(ret: int, err: object, target: str) -> HotMountError:
+    call, _, path = ffi.string(err).decode(errors="replace").partition("\t")
+    return HotMountError(-ret, call or "hot mount", path if path and path != "-" else target)
+
+
+def hot_mount(pidfd: int, tree_fd: int, target: str, *, join_userns: bool) -> str | None:
+    """Attach the detached tree ``tree_fd`` at ``target`` (absolute, inside the container
+    whose init ``pidfd`` refers to), creating the missing directories (mkdir -p, resolved inside
+    the container root) as the container's root: ``join_userns`` for an unprivileged container.
+
+    Returns the shallowest directory it created (e.g. ``/media`` for ``/media/3``), or None when
+    it created none or the same tree was mounted there already. Raises HotMountError: EEXIST when
+    another mount occupies ``target``. The work runs in a cloned single-threaded child (setns is
+    refused to a threaded process); the caller's namespaces never change.
+    """
+    created = ffi.new("char[]", 4096)
+    err = ffi.new("char[]", 4352)
+    ret = lib.lxcone_hotmount_attach(pidfd, int(join_userns), tree_fd, target.encode(),
+                                     created, 4096, err, 4352)
+    if ret < 0:
+        raise _hot_error(ret, err, target)
+    return ffi.string(created).decode() or None
+
+
+def hot_umount(pidfd: int, target: str, *, join_userns: bool,
+               rmdir_upto: str | None = None) -> bool:
+    """Unmount ``target`` inside the container (no MNT_DETACH: a busy mount raises
+    HotMountError with EBUSY). With ``rmdir_upto`` (``target`` or one of its parents, e.g. what
+    ``hot_mount`` returned) remove the then empty directories from ``target`` up to it.
+
+    Returns True if something was unmounted, False if nothing was mounted at ``target``.
+    """
+    err = ffi.new("char[]", 4352)
+    upto = rmdir_upto.encode() if rmdir_upto else ffi.NULL
+    ret = lib.lxcone_hotmount_detach(pidfd, int(join_userns), target.encode(), upto, err, 4352)
+    if ret < 0:
+        raise _hot_error(ret, err, target)
+    return ret == 0
 
 
 def pidfd_open(pid: int) -> int:

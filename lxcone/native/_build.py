@@ -10,6 +10,16 @@ from cffi import FFI
 
 CSRC = Path(__file__).resolve().parent / "csrc"
 
+# Prototypes of csrc/hotmount.c: declared once, for both the cdef and the module's C preamble.
+HOTMOUNT_DECLS = """
+int lxcone_mount_setattr(int dfd, const char *path, unsigned int flags, uint64_t attr_set,
+                         uint64_t attr_clr, int userns_fd);
+int lxcone_hotmount_attach(int pidfd, int join_userns, int tree_fd, const char *target,
+                           char *created, size_t created_len, char *err, size_t err_len);
+int lxcone_hotmount_detach(int pidfd, int join_userns, const char *target,
+                           const char *rmdir_upto, char *err, size_t err_len);
+"""
+
 CDEF = """
 #define CLONE_NEWNS ...
 #define CLONE_NEWUTS ...
@@ -85,7 +95,14 @@ int lxcone_loop_get_status(int loop_fd, uint64_t *device, uint64_t *inode, uint3
 int lxcone_blkpg_partition(int disk_fd, int op, int pno, long long start, long long length);
 int lxcone_blkgetsize64(int fd, uint64_t *size);
 int lxcone_ficlone(int dst_fd, int src_fd);
-"""
+
+/* hot mounts into a running container (csrc/hotmount.c) */
+#define MOUNT_ATTR_RDONLY ...
+#define MOUNT_ATTR_NOSUID ...
+#define MOUNT_ATTR_NODEV ...
+#define MOUNT_ATTR_NOEXEC ...
+#define MOUNT_ATTR_IDMAP ...
+""" + HOTMOUNT_DECLS
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
@@ -108,9 +125,10 @@ ffibuilder.set_source(
 #include "attach.h"
 #include "storage.h"
 static const char LXCONE_NATIVE_VERSION[] = "{_version()}";
-""",
+/* csrc/hotmount.c: its prototypes, shared with the cdef */
+{HOTMOUNT_DECLS}""",
     # setuptools wants these relative to setup.py (the build always runs from the repo root)
-    sources=["lxcone/native/csrc/attach.c"],
+    sources=["lxcone/native/csrc/attach.c", "lxcone/native/csrc/hotmount.c"],
     include_dirs=["lxcone/native/csrc"],
     extra_compile_args=["-O2", "-Wall"],
 )

@@ -15,14 +15,15 @@ _HOME = {
     "STOPPED": "container", "ContainerState": "container", "ExecResult": "container",
     "Runtime": "container",
     "ContainerExists": "errors", "ContainerNotFound": "errors", "InvalidTransition": "errors",
-    "SpecError": "errors", "StartError": "errors",
+    "MountBusy": "errors", "MountConflict": "errors", "SpecError": "errors", "StartError": "errors",
+    "check_mount_target": "container",
     "Bind": "spec", "ContainerSpec": "spec", "IdMap": "spec",
 }
 
 __all__ = [
     "CREATED", "FROZEN", "RUNNING", "STOPPED", "Bind", "ContainerExists", "ContainerNotFound",
-    "ContainerSpec", "ContainerState", "ExecResult", "IdMap", "InvalidTransition", "Runtime",
-    "SpecError", "StartError",
+    "ContainerSpec", "ContainerState", "ExecResult", "IdMap", "InvalidTransition", "MountBusy",
+    "MountConflict", "Runtime", "SpecError", "StartError", "check_mount_target",
 ]
 
 

@@ -9,26 +9,30 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import os
 import select
 import shutil
 import signal
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from lxcone import native
-from lxcone.cgroups import CgroupManager, Stats, from_paths, new_manager
+from lxcone.cgroups import CgroupManager, Resources, Stats, from_paths, new_manager
 from lxcone.runtime import state as st
 from lxcone.runtime.errors import (
     ContainerExists,
     ContainerNotFound,
     InvalidTransition,
+    MountBusy,
+    MountConflict,
+    SpecError,
     StartError,
 )
-from lxcone.runtime.spec import DEFAULT_ENV, ContainerSpec, validate
+from lxcone.runtime.spec import DEFAULT_ENV, Bind, ContainerSpec, check_binds, validate
 
 DEFAULT_RUN_DIR = "/run/lxcone"
 DEFAULT_CGROUP_PARENT = "lxcone"
@@ -284,6 +288,133 @@ class Runtime:
             nics=tuple(n for n in spec.nics if n.host_name != host_name)).to_dict()
         st.write_state(d, s)
 
+    # -- hot mounts ---------------------------------------------------------------------------
+
+    def mount_into(self, name: str, source: str, target: str, readonly: bool = False) -> None:
+        """Bind the host path ``source`` (typically a mounted disk) at ``target`` inside the
+        container, as a deploy-time bind would be: idmapped to an unprivileged container's
+        user namespace, read-only if asked, its missing directories made inside the container
+        root by the container's root. Recorded in the spec and the monitor's config, so a
+        stop/start and a guest reboot keep it. A container that is not running only gets the
+        record (its next start mounts it).
+
+        Idempotent: the same bind again is a no-op. Another bind or another mount already at
+        ``target`` raises MountConflict; a bad target raises SpecError.
+        """
+        target = check_mount_target(target)
+        bind = Bind(os.path.normpath(source), target, bool(readonly))
+        d, _ = self._load(name)
+        with _container_lock(d):
+            d, s = self._load(name)
+            spec = ContainerSpec.from_dict(s["spec"])
+            current = _bind_at(spec, target)
+            if current is not None and (
+                    (os.path.normpath(current.source), current.readonly)
+                    != (bind.source, bind.readonly)):
+                raise MountConflict(name, target, _describe(current))
+            if current is None:
+                # Only the new bind's source is checked (a vanished older one is not this
+                # call's business), and the count against the monitor's limit.
+                validate(spec.with_changes(binds=(bind,)), (check_binds,))
+                if len(spec.binds) >= _MAX_BINDS:
+                    raise SpecError(f"at most {_MAX_BINDS} bind mounts")
+                new = spec.with_changes(binds=(*spec.binds, bind))
+                # Recorded before mounting: a crash in between leaves a record that the next
+                # start, reboot or retry honours, never a mount nobody knows of.
+                self._record_binds(d, s, new)
+            info = st.read_init(d)
+            if info is None or not info.alive():
+                return
+            try:
+                created = self._hot_mount(name, info, spec, bind)
+            except BaseException as exc:
+                if current is None:
+                    self._record_binds(d, s, spec)
+                if isinstance(exc, native.HotMountError) and exc.errno == errno.EEXIST:
+                    raise MountConflict(name, target, "not one of its binds") from exc
+                raise
+            if created:
+                # Only directories we made are removed again at umount_from.
+                s.setdefault("mount_dirs", {})[target] = created
+                st.write_state(d, s)
+
+    def umount_from(self, name: str, target: str) -> None:
+        """Unmount the bind at ``target`` inside the running container, remove the directories
+        ``mount_into`` made for it, and drop it from the spec and the monitor's config.
+
+        Never lazily: a mount some process in the container still uses raises MountBusy and
+        stays (mounted and recorded). Idempotent: nothing recorded at ``target`` is a success.
+        """
+        target = check_mount_target(target)
+        d, _ = self._load(name)
+        with _container_lock(d):
+            d, s = self._load(name)
+            spec = ContainerSpec.from_dict(s["spec"])
+            if _bind_at(spec, target) is None:
+                return
+            dirs = s.get("mount_dirs", {})
+            info = st.read_init(d)
+            if info is not None and info.alive():
+                pidfd = self._pidfd_of(name, info, "unmount from")
+                try:
+                    native.hot_umount(pidfd, target, join_userns=not spec.privileged,
+                                      rmdir_upto=dirs.get(target))
+                except native.HotMountError as exc:
+                    if exc.errno == errno.EBUSY:
+                        raise MountBusy(name, target) from exc
+                    raise
+                finally:
+                    os.close(pidfd)
+            dirs.pop(target, None)
+            if not dirs:
+                s.pop("mount_dirs", None)
+            self._record_binds(d, s, spec.with_changes(
+                binds=tuple(b for b in spec.binds if _norm_target(b.target) != target)))
+
+    def _record_binds(self, d: Path, s: dict, spec: ContainerSpec) -> None:
+        # The state first: it is the truth, the config is rebuilt from it at each change.
+        s["spec"] = spec.to_dict()
+        st.write_state(d, s)
+        self._write_monitor_config(d, spec, self._cgroups(s))
+
+    def _pidfd_of(self, name: str, info: st.InitInfo, action: str) -> int:
+        """A pidfd for init, checked to be that very process (not a recycled pid)."""
+        try:
+            pidfd = native.pidfd_open(info.pid)
+        except ProcessLookupError:
+            raise InvalidTransition(name, STOPPED, action) from None
+        if not info.alive():
+            os.close(pidfd)
+            raise InvalidTransition(name, STOPPED, action)
+        return pidfd
+
+    def _hot_mount(self, name: str, info: st.InitInfo, spec: ContainerSpec,
+                   bind: Bind) -> str | None:
+        tree = native.open_tree(bind.source)
+        try:
+            attrs = native.MOUNT_ATTR_RDONLY if bind.readonly else 0
+            userns = -1
+            if not spec.privileged:
+                attrs |= native.MOUNT_ATTR_IDMAP
+                try:
+                    userns = os.open(f"/proc/{info.pid}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+                except (FileNotFoundError, ProcessLookupError):
+                    raise InvalidTransition(name, STOPPED, "mount into") from None
+            try:
+                pidfd = self._pidfd_of(name, info, "mount into")  # also proves userns is init's
+                try:
+                    if attrs:
+                        native.mount_setattr(tree, attrs, userns_fd=userns)
+                    return native.hot_mount(pidfd, tree, bind.target,
+                                            join_userns=not spec.privileged)
+                finally:
+                    os.close(pidfd)
+            finally:
+                if userns >= 0:
+                    os.close(userns)
+        finally:
+            os.close(tree)
+
     # -- state --------------------------------------------------------------------------------
 
     def state(self, name: str) -> ContainerState:
@@ -435,6 +566,25 @@ class Runtime:
         self._cgroups(s).destroy()
         return self.state(name)
 
+    # -- live resources -----------------------------------------------------------------------
+
+    def update(self, name: str, resources: Resources) -> None:
+        """Apply new limits to a created, running or frozen container and record them (a later
+        start applies the recorded ones). ``None`` fields keep their value. A limit the kernel
+        refuses (memory below what the container uses and cannot reclaim: EBUSY) raises with
+        the file and errno; the record then keeps the old limits."""
+        d, s = self._load(name)
+        spec = ContainerSpec.from_dict(s["spec"])
+        merged = replace(spec.resources, **{
+            f.name: getattr(resources, f.name) for f in fields(Resources)
+            if getattr(resources, f.name) not in (None, {})})
+        spec = spec.with_changes(resources=merged)
+        validate(spec)
+        if self.state(name).status in (RUNNING, FROZEN):
+            self._cgroups(s).set(resources)
+        s["spec"] = spec.to_dict()
+        st.write_state(d, s)
+
     # -- freeze / thaw ------------------------------------------------------------------------
 
     def freeze(self, name: str) -> None:
@@ -506,6 +656,55 @@ class Runtime:
             return (d / "console.log").read_bytes()
         except FileNotFoundError:
             return b""
+
+
+_NO_MOUNT_UNDER = ("/proc", "/sys", "/dev")
+_MAX_BINDS = 32  # LXCONE_MAX_BINDS in csrc/container.h, as spec.check_binds enforces
+
+
+def check_mount_target(target: str) -> str:
+    """The normalised form of a hot mount target (``//media/./3/`` -> ``/media/3``), or
+    SpecError: it must be absolute, without ``..``, not ``/`` and not under /proc, /sys or /dev
+    (the kernel's and the runtime's own mounts)."""
+    if not isinstance(target, str) or not target.startswith("/"):
+        raise SpecError(f"mount target {target!r} must be an absolute path inside the container")
+    if any(c in target for c in "\n\t\0"):
+        raise SpecError(f"mount target {target!r} must not contain newlines, tabs or NUL")
+    parts = [p for p in target.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise SpecError(f"mount target {target!r} must not contain '..'")
+    norm = "/" + "/".join(parts)
+    if norm == "/":
+        raise SpecError("mount target must not be the container's / (mount below it)")
+    for top in _NO_MOUNT_UNDER:
+        if norm == top or norm.startswith(top + "/"):
+            raise SpecError(f"mount target {norm} is refused: nothing is mounted under {top}")
+    if len(norm.encode()) >= 4000:
+        raise SpecError(f"mount target {target[:40]!r}... is too long")
+    return norm
+
+
+def _norm_target(target: str) -> str:
+    return "/" + "/".join(p for p in target.split("/") if p not in ("", "."))
+
+
+def _bind_at(spec: ContainerSpec, target: str) -> Bind | None:
+    return next((b for b in spec.binds if _norm_target(b.target) == target), None)
+
+
+def _describe(bind: Bind) -> str:
+    return f"bind of {bind.source}{', read-only' if bind.readonly else ''}"
+
+
+@contextlib.contextmanager
+def _container_lock(d: Path) -> Iterator[None]:
+    """Serialise read-modify-write of one container's record (flock on its directory)."""
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _read_line(stream: io.BufferedReader) -> str:

@@ -39,3 +39,22 @@ class StartError(OSError):
 
 class SpecError(ValueError):
     """The container spec is invalid; the message is one sentence naming the field."""
+
+
+class MountBusy(OSError):
+    """A hot mount cannot be unmounted: a process inside the container uses it (EBUSY). It stays
+    mounted and recorded; retry once the guest has let go of it."""
+
+    def __init__(self, name: str, target: str) -> None:
+        super().__init__(errno.EBUSY,
+                         f"disk is busy: {target} is in use inside container {name}", name)
+        self.target = target
+
+
+class MountConflict(FileExistsError):
+    """Something else is already mounted at a hot mount's target (EEXIST)."""
+
+    def __init__(self, name: str, target: str, what: str) -> None:
+        super().__init__(errno.EEXIST,
+                         f"{target} in container {name} already has a mount ({what})", name)
+        self.target = target

@@ -11,7 +11,7 @@
  *   fd 4 (runtime -> monitor): "go\n" once the runtime has plugged the NICs; EOF aborts the start
  *
  * Afterwards it only reaps init, restarts it on reboot (keeping the user and network namespaces,
- * so NICs survive), logs the console to <run_dir>/console.log and serves <run_dir>/console.sock.
+ * so NICs survive, and re-reading the bind lines of its config, so hot mounts do), logs the console to <run_dir>/console.log and serves <run_dir>/console.sock.
  * Killing it never stops the container: init is reparented and the runtime manages it by pid. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -65,6 +65,27 @@ static char *xstrdup(const char *s)
     return d;
 }
 
+/* "bind <ro 0|1> <target>\t<source>": val is what follows "bind ". -1 if malformed. */
+static int parse_bind(char *val, struct lxcone_bind *b)
+{
+    char *tab = strchr(val, '\t');
+    if (strlen(val) < 3 || !tab)
+        return -1;
+    *tab = 0;
+    b->readonly = val[0] == '1';
+    b->target = strdup(val + 2);
+    b->source = strdup(tab + 1);
+    *tab = '\t';
+    if (!b->target || !b->source) {
+        free(b->target);
+        free(b->source);
+        return -1;
+    }
+    return 0;
+}
+
+static const char *config_path;
+
 /* Config: one "key value" per line, value = rest of the line; the runtime rejects newlines. */
 static void load_config(const char *path)
 {
@@ -101,15 +122,8 @@ static void load_config(const char *path)
         else if (!strcmp(line, "env") && ct.envc < LXCONE_MAX_ENV)
             ct.envp[ct.envc++] = xstrdup(val);
         else if (!strcmp(line, "bind") && ct.n_binds < LXCONE_MAX_BINDS) {
-            /* bind <ro 0|1> <target>\t<source> */
-            struct lxcone_bind *b = &ct.binds[ct.n_binds];
-            char *tab = strchr(val, '\t');
-            if (strlen(val) < 3 || !tab)
+            if (parse_bind(val, &ct.binds[ct.n_binds]) < 0)
                 die("parse bind", val);
-            *tab = 0;
-            b->readonly = val[0] == '1';
-            b->target = xstrdup(val + 2);
-            b->source = xstrdup(tab + 1);
             ct.n_binds++;
         } else
             die("parse config key", line);
@@ -119,6 +133,52 @@ static void load_config(const char *path)
     errno = EINVAL;
     if (!ct.name || !ct.rootfs || !ct.run_dir || ct.argc == 0)
         die("parse config (name, rootfs, run_dir and arg are required)", path);
+}
+
+/* Before a restart: the bind lines again, since the runtime adds and removes hot mounts in the
+ * config while the container runs (Runtime.mount_into / umount_from), and the rebooted guest must
+ * get the mounts it had, not those of its first boot. Nothing else is re-read: the rest cannot
+ * change while the container runs. On any problem the previous list stays (and is logged). */
+static void reload_binds(void)
+{
+    struct lxcone_bind fresh[LXCONE_MAX_BINDS];
+    int n = 0, bad = 0;
+    FILE *f = fopen(config_path, "re");
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t len;
+    if (!f) {
+        fprintf(stderr, "lxcone-monitor: %s: reboot keeps the old binds: open %s: %s\n",
+                ct.name, config_path, strerror(errno));
+        return;
+    }
+    while (!bad && (len = getline(&line, &cap, f)) > 0) {
+        if (line[len - 1] == '\n')
+            line[--len] = 0;
+        if (strncmp(line, "bind ", 5) != 0)
+            continue;
+        if (n >= LXCONE_MAX_BINDS || parse_bind(line + 5, &fresh[n]) < 0)
+            bad = 1;
+        else
+            n++;
+    }
+    free(line);
+    fclose(f);
+    if (bad) {
+        fprintf(stderr, "lxcone-monitor: %s: reboot keeps the old binds: bad bind line in %s\n",
+                ct.name, config_path);
+        for (int i = 0; i < n; i++) {
+            free(fresh[i].source);
+            free(fresh[i].target);
+        }
+        return;
+    }
+    for (int i = 0; i < ct.n_binds; i++) {
+        free(ct.binds[i].source);
+        free(ct.binds[i].target);
+    }
+    memcpy(ct.binds, fresh, sizeof(fresh[0]) * (size_t)n);
+    ct.n_binds = n;
 }
 
 static void write_file(const char *path, const char *data)
@@ -519,6 +579,7 @@ static void serve(pid_t init_pid)
                     char err[512];
                     int sock;
                     status_fd = -1;
+                    reload_binds(); /* before the clone: the child works from its copy of ct */
                     init_pid = clone_again(&sock);
                     pending_child = init_pid;
                     if (release_child(sock, err, sizeof(err)) < 0) {
@@ -569,6 +630,7 @@ int main(int argc, char **argv)
     sigaddset(&mask, SIGPIPE);
     sigprocmask(SIG_BLOCK, &mask, NULL);
     ct.envp[0] = NULL;
+    config_path = argv[1];
     load_config(argv[1]);
     ct.argv[ct.argc] = NULL;
     ct.envp[ct.envc] = NULL;
