@@ -21,9 +21,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     from lxcone.driver.config import load_config
 
     try:
-        run_dir = load_config(args.config).run_dir
+        cfg = load_config(args.config)
+        run_dir = cfg.run_dir
         if args.command == "serve":
-            return server.serve(run_dir, args.log)
+            return server.serve(run_dir, args.log, cfg.agent_group)
         if args.command == "stop":
             stopped = server.stop(run_dir, args.timeout)
             print("stopped" if stopped else "not running")

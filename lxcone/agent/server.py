@@ -11,6 +11,7 @@ flock, released with the process).
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import signal
@@ -56,8 +57,10 @@ def preload() -> None:
 
 
 class Agent:
-    def __init__(self, run_dir: str, log: bool = True) -> None:
+    def __init__(self, run_dir: str, log: bool = True, group: str = "") -> None:
         self.paths = paths(run_dir)
+        self.group = group
+        self._gid: int | None = None
         self.run_dir = run_dir
         self.log_enabled = log
         self._lock_fd = -1
@@ -86,9 +89,19 @@ class Agent:
         tmp = self.paths["socket"].with_name(f"{SOCKET}.{os.getpid()}")
         tmp.unlink(missing_ok=True)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        if self.group:
+            import grp
+
+            try:
+                self._gid = grp.getgrnam(self.group).gr_gid
+            except KeyError:
+                sock.close()
+                raise OSError(errno.ENOENT, f"agent_group: no group {self.group!r}") from None
         try:
             sock.bind(str(tmp))
-            os.chmod(tmp, 0o600)
+            if self._gid is not None:
+                os.chown(tmp, 0, self._gid)
+            os.chmod(tmp, 0o660 if self._gid is not None else 0o600)
             sock.listen(128)
             os.rename(tmp, self.paths["socket"])
         except BaseException:
@@ -153,7 +166,7 @@ class Agent:
         try:
             with conn:
                 conn.settimeout(REQUEST_TIMEOUT_S)
-                uid = _peer_uid(conn)
+                uid, gid = _peer_ids(conn)
                 try:
                     fields = wire.read_request(conn)
                 except wire.UnknownFormat as exc:
@@ -169,7 +182,7 @@ class Agent:
                     return
                 config, action, *argv, stdin = fields
                 action = action.decode(errors="replace")
-                if uid not in (0, os.geteuid()):
+                if not self._allowed(uid, gid):
                     code, out, err = 1, "", f"ERROR: {action}: uid {uid} may not run actions\n"
                 else:
                     code, out, err = run(action, [a.decode(errors="surrogateescape")
@@ -185,6 +198,22 @@ class Agent:
             with self._busy_lock:
                 self._busy.discard(threading.current_thread())
 
+    def _allowed(self, uid: int, gid: int) -> bool:
+        """Root, ourselves, or a member of agent_group (primary or supplementary)."""
+        if uid in (0, os.geteuid()):
+            return True
+        if self._gid is None:
+            return False
+        if gid == self._gid:
+            return True
+        import grp
+        import pwd
+
+        try:
+            return pwd.getpwuid(uid).pw_name in grp.getgrgid(self._gid).gr_mem
+        except KeyError:
+            return False
+
     # -- housekeeping --------------------------------------------------------------------------
 
     def _reap_loop(self) -> None:
@@ -198,9 +227,10 @@ class Agent:
             sys.stderr.flush()
 
 
-def _peer_uid(conn: socket.socket) -> int:
+def _peer_ids(conn: socket.socket) -> tuple[int, int]:
     creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", creds)[1]
+    _, uid, gid = struct.unpack("3i", creds)
+    return uid, gid
 
 
 def reap_monitors() -> int:
@@ -234,14 +264,14 @@ def reap_monitors() -> int:
     return reaped
 
 
-def serve(run_dir: str, log_path: str | None = None) -> int:
+def serve(run_dir: str, log_path: str | None = None, group: str = "") -> int:
     """Run the agent until SIGTERM/SIGINT. 0 on a clean stop, 3 when another agent serves."""
     os.makedirs(run_dir, mode=0o711, exist_ok=True)
     if log_path is not None:
         fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         os.dup2(fd, 2)
         os.close(fd)
-    agent = Agent(run_dir)
+    agent = Agent(run_dir, group=group)
     try:
         agent.bind()
     except AgentRunning as exc:

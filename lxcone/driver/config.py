@@ -30,6 +30,7 @@ class DriverConfig:
     id_map_host_gid: int = 100_000
     id_map_size: int = 65_536
     agent: bool = True                               # actions go through the resident agent
+    agent_group: str = ""                            # group (besides root) that may use it
 
 
 # Keys an operator file may not change: they are part of the contract with OpenNebula.

@@ -129,18 +129,21 @@ def test_a_client_of_another_version_is_reset_and_runs_the_action_itself(agent_c
         wait_for(lambda: "the client runs it itself" in log.read_text(), 10)
 
 
-def test_only_root_may_ask_the_agent(tmp_path):
-    # A run dir that uid 65534 can reach (pytest's tmp dirs are root-only), opened up as an
-    # operator might do: the agent still checks who connects.
+@pytest.mark.parametrize("group", ["", "nogroup"])
+def test_only_root_and_the_agent_group_may_ask_the_agent(tmp_path, group):
+    # A run dir that uid 65534 can reach (pytest's tmp dirs are root-only).
     run_dir = Path(tempfile.mkdtemp(prefix="lxcone-uid-"))
     try:
         run_dir.chmod(0o755)
         cfg = tmp_path / "agent.toml"
-        cfg.write_text(f'run_dir = "{run_dir}"\n')
+        cfg.write_text(f'run_dir = "{run_dir}"\nagent_group = "{group}"\n')
         with running_agent(cfg, str(run_dir)):
             sock = run_dir / "agent.sock"
-            assert sock.stat().st_mode & 0o777 == 0o600
-            sock.chmod(0o666)
+            if group:
+                assert (sock.stat().st_mode & 0o777, sock.stat().st_gid) == (0o660, 65534)
+            else:
+                assert sock.stat().st_mode & 0o777 == 0o600
+                sock.chmod(0o666)  # as if an operator opened it up: the agent still checks
             request = wire.encode_fields([str(cfg).encode(), b"poll", b"one-12", b"h", b"12",
                                           b"h", b""])
             code = ("import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
@@ -150,9 +153,13 @@ def test_only_root_may_ask_the_agent(tmp_path):
             if python is None:
                 pytest.skip("no system python3 for an unprivileged client")
             p = subprocess.run([python, "-c", code, str(sock), request.hex()], user=65534,
-                               capture_output=True, timeout=30, check=True)
-            assert p.stdout.endswith(b"ERROR: poll: uid 65534 may not run actions\n")
-            assert p.stdout[:4] == (1).to_bytes(4, "big")
+                               group=65534, extra_groups=[], capture_output=True, timeout=30,
+                               check=True)
+            if group:
+                assert p.stdout == wire.encode_reply(0, b"STATE=d\n", b"")
+            else:
+                assert p.stdout == wire.encode_reply(
+                    1, b"", b"ERROR: poll: uid 65534 may not run actions\n")
     finally:
         shutil.rmtree(run_dir)
 
