@@ -9,7 +9,7 @@ APT_PACKAGES=(
   iproute2 iputils-ping util-linux         # test oracles (ip -json, ping, nsenter)
   lxc crun                                 # benchmark peers
   qemu-utils qemu-system-common fuse3      # qcow2 disks: qemu-img, qemu-storage-daemon FUSE export
-  e2fsprogs xfsprogs btrfs-progs dosfstools fdisk genisoimage  # storage tests build their images
+  e2fsprogs xfsprogs btrfs-progs dosfstools fdisk genisoimage  # grow_disk's tools; test images
   prometheus                               # the exporter tests scrape with a real server
 )
 missing=()

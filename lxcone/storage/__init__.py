@@ -1,5 +1,6 @@
 """File-datastore storage: mount a VM disk (raw, qcow2, directory, ISO) on the host, unmount it
-from any later process, and snapshot disk sets (reflink where the filesystem can).
+from any later process, grow it while mounted, and snapshot disk sets (reflink where the
+filesystem can).
 
 Beside ``lxcone.runtime``; uses ``lxcone.native`` and nothing higher. Public names load on first
 use (PEP 562): importing ``lxcone.storage.detect`` or ``.partitions`` alone stays pure Python.
@@ -11,14 +12,16 @@ from __future__ import annotations
 _HOME = {
     "DiskSpec": "disk", "MountedDisk": "disk", "mount_disk": "disk", "unmount_disk": "disk",
     "mounted_disks": "disk",
-    "StorageError": "errors", "DiskBusy": "errors",
+    "StorageError": "errors", "DiskBusy": "errors", "ToolError": "errors",
+    "GrowResult": "grow", "grow_disk": "grow",
     "InvalidSnapshotId": "snapshot", "snapshot_create": "snapshot",
     "snapshot_revert": "snapshot", "snapshot_delete": "snapshot",
 }
 
 __all__ = [
-    "DiskBusy", "DiskSpec", "InvalidSnapshotId", "MountedDisk", "StorageError", "mount_disk",
-    "mounted_disks", "snapshot_create", "snapshot_delete", "snapshot_revert", "unmount_disk",
+    "DiskBusy", "DiskSpec", "GrowResult", "InvalidSnapshotId", "MountedDisk", "StorageError",
+    "ToolError", "grow_disk", "mount_disk", "mounted_disks", "snapshot_create", "snapshot_delete",
+    "snapshot_revert", "unmount_disk",
 ]
 
 

@@ -69,3 +69,25 @@ def step(name: str, path: str | None) -> Iterator[None]:
                                f"mount {exc.source} type {exc.fstype} "
                                f"flags {mount_flags_str(exc.flags)}") from exc
         raise StorageError.from_oserror(exc, name, path) from exc
+
+
+class ToolError(StorageError):
+    """An external tool (``resize2fs``, ``xfs_growfs``, ``btrfs``, ``sfdisk``) failed: ``argv``,
+    ``returncode`` and its ``stderr`` (also in the message, one line)."""
+
+    MAX_OUTPUT = 2000  # characters of the tool's output kept in the message
+
+    def __init__(self, err: int, step: str, path: str | None, argv: tuple[str, ...] | list[str],
+                 returncode: int | None, stderr: str) -> None:
+        self.argv = tuple(argv)
+        self.returncode = returncode
+        self.stderr = stderr
+        out = " | ".join(line.strip() for line in stderr.strip().splitlines() if line.strip())
+        if len(out) > self.MAX_OUTPUT:
+            out = out[:self.MAX_OUTPUT] + "..."
+        status = "timed out" if returncode is None else f"exit status {returncode}"
+        super().__init__(err, step, path, f"{' '.join(self.argv)}: {status}: {out or 'no output'}")
+
+    def __reduce__(self) -> tuple:
+        return (type(self), (self.errno, self.step, self.filename, self.argv, self.returncode,
+                             self.stderr))

@@ -11,12 +11,19 @@ partition when the loop is cleared. Without it, BLKPG partitions outlive the bin
 ``losetup -d`` leaves ``loop0p1`` behind on a zero-sized ``loop0``) and the next user of that
 number inherits stale partitions. On a kernel that does parse tables, the scan creates the
 partition itself and BLKPG's EBUSY is accepted once sysfs shows the same start and size.
+
+Growing a mounted disk (lxcone.storage.grow): LOOP_SET_CAPACITY makes a bound loop re-read its
+backing file's size, BLKPG_RESIZE_PARTITION moves the end of a (mounted) partition; neither
+rescans anything. Both through fcntl.ioctl.
 """
 
 from __future__ import annotations
 
+import array
 import errno
+import fcntl
 import os
+import struct
 import time
 
 from lxcone import native
@@ -24,6 +31,17 @@ from lxcone.storage.partitions import Partition
 
 LOOP_CONTROL = "/dev/loop-control"
 _ATTEMPTS = 64
+
+# Growing a bound loop and its partition (linux/loop.h, linux/blkpg.h, linux/fs.h): plain ioctls
+# through fcntl, so lxcone.native needs nothing new.
+LOOP_SET_CAPACITY = 0x4C07
+BLKPG = 0x1269  # _IO(0x12, 105)
+BLKPG_RESIZE_PARTITION = 3
+# struct blkpg_partition: long long start, length (bytes); int pno; char devname[64], volname[64];
+# padded to 8 bytes (152): the kernel copies sizeof(struct blkpg_partition) from our pointer
+_BLKPG_PARTITION = struct.Struct("=qqi64s64s4x")
+# struct blkpg_ioctl_arg: int op, flags, datalen; void *data (native alignment: 24 bytes on LP64)
+_BLKPG_ARG = struct.Struct("iiiP")
 
 
 def attach(backing_fd: int, *, readonly: bool, partscan: bool) -> tuple[int, int]:
@@ -140,3 +158,38 @@ def release(n: int, backing_dev: int, backing_ino: int, wait: float = 0.0) -> bo
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
     return True
+
+
+def _ioctl_error(exc: OSError, call: str, path: str) -> OSError:
+    err = exc.errno or errno.EIO
+    return OSError(err, f"{os.strerror(err)} [ioctl({call})]", path)
+
+
+def set_capacity(loop_fd: int, n: int) -> int:
+    """LOOP_SET_CAPACITY: /dev/loopN re-reads its backing file's size (grown in place); the new
+    size in bytes. Mounted filesystems and partitions are left alone (no rescan)."""
+    dev = f"/dev/loop{n}"
+    try:
+        fcntl.ioctl(loop_fd, LOOP_SET_CAPACITY, 0)
+    except OSError as exc:
+        raise _ioctl_error(exc, "LOOP_SET_CAPACITY", dev) from None
+    return native.blkgetsize64(loop_fd, path=dev)
+
+
+def resize_partition(loop_fd: int, n: int, number: int, start: int, size: int) -> None:
+    """BLKPG_RESIZE_PARTITION: /dev/loopNp<number> (which starts at ``start`` bytes) now spans
+    ``size`` bytes; works while it is mounted. EINVAL if ``start`` is not the partition's start,
+    EBUSY if the new range overlaps another partition, ENXIO if there is no such partition."""
+    # ``part`` owns the memory ``arg`` points to; it lives until this function returns
+    part = array.array("B", _BLKPG_PARTITION.pack(start, size, number, b"", b""))
+    address, length = part.buffer_info()
+    arg = _BLKPG_ARG.pack(BLKPG_RESIZE_PARTITION, 0, length, address)
+    try:
+        fcntl.ioctl(loop_fd, BLKPG, arg)
+    except OSError as exc:
+        raise _ioctl_error(exc, f"BLKPG_RESIZE_PARTITION {number}", f"/dev/loop{n}") from None
+
+
+def partition_extent(n: int, number: int) -> tuple[int, int] | None:
+    """(start, size) in bytes of /dev/loopNp<number> as the kernel has it (sysfs), None if none."""
+    return _sysfs_partition(n, number)

@@ -8,6 +8,11 @@ leaves a record that lists everything that may exist; unmount_disk and the next 
 the job. Not fsync'ed: the state dir is meant to be on tmpfs (/run), and mounts do not survive a
 reboot either.
 
+grow_disk (lxcone.storage.grow) rewrites a mounted disk's record after it grew it: the
+partition's new ``size``, ``image_size`` (bytes), and ``grown`` ({"size", "device_size",
+"fs_size"}: the sizes at which the filesystem tool last ran, so a repeated call does not run it
+again for a tail too small to use).
+
 Beside it, for qcow2 disks: ``disk.<id>.export`` (the FUSE export file), ``disk.<id>.qsd.pid``,
 ``disk.<id>.qmp`` (the daemon's QMP socket); for ISO disks on a kernel without iso9660:
 ``disk.<id>.iso.d/`` (the extracted image, bind-mounted read-only).
