@@ -6,10 +6,14 @@ it to prove the benchmarks still work); the figures from a quick run mean nothin
 
 from __future__ import annotations
 
+import importlib.util
 import math
 import os
 import re
+import socket
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -190,4 +194,159 @@ class Ours:
                 problems.append(f"cgroups left under {d}: {sorted(os.listdir(d))[:5]}")
             if not peers.rmdir_tree(d):
                 problems.append(f"could not remove {d}")
+        return problems
+
+
+# -- the OpenNebula driver (issue 4) ------------------------------------------------------------
+
+REMOTES_VMM = Path(__file__).resolve().parent.parent / "remotes" / "vmm" / "lxcone"
+#: The VM every driver benchmark deploys: MEMORY (MiB), CPU, VCPU.
+VM_MEMORY_MIB, VM_CPU, VM_VCPU = 128, 0.5, 1
+SHUTDOWN_TIMEOUT_S = 30
+
+
+class Driver:
+    """LXCoNe's OpenNebula driver as oned runs it: ``remotes/vmm/lxcone/<action>`` through the
+    ssh stream (``peers.SshStream``), configured like the contract tests' ``driver`` fixture onto
+    a private run dir, cgroup parent and datastores dir, and the bench netns.
+
+    ``agent``: the config key of the same name. With ``agent = true`` the first action starts
+    the resident agent (``python -m lxcone.agent serve --config <cfg>``, socket
+    ``<run_dir>/agent.sock``); ``cleanup`` stops it with ``python -m lxcone.agent stop``.
+    """
+
+    def __init__(self, workdir: Path, cgroup_parent: str, host_netns: str, rootfs: str,
+                 agent: bool) -> None:
+        self.workdir = workdir
+        self.agent = agent
+        self.run_dir = workdir / "run"
+        self.datastores = workdir / "datastores"
+        self.datastores.mkdir(parents=True, exist_ok=True)
+        self.cfg = workdir / "lxcone.toml"
+        self.cfg.write_text(
+            f'run_dir = "{self.run_dir}"\ncgroup_parent = "{cgroup_parent}"\n'
+            f'host_netns = "{host_netns}"\nstop_signal = "SIGUSR2"\n'
+            f"shutdown_timeout_s = {SHUTDOWN_TIMEOUT_S}\n"
+            f'datastores = "{self.datastores}"\nagent = {"true" if agent else "false"}\n')
+        self.python = sys.executable
+        self.env = {**os.environ, "LXCONE_PYTHON": self.python, "LXCONE_CONFIG": str(self.cfg)}
+        # the in-process runtime on the same run dir: the oracle for states, and the cleanup
+        self.ours = Ours(self.run_dir, cgroup_parent, host_netns, rootfs)
+        self.vm_ids: set[int] = set()
+        self.agent_running = False
+
+    @property
+    def variant(self) -> str:
+        return "agent" if self.agent else "no-agent"
+
+    def vm_dir(self, vm_id: int) -> Path:
+        return self.datastores / "0" / str(vm_id)
+
+    def add_vm(self, vm_id: int, base_image: str, deployment: bytes) -> str:
+        """Untimed: the VM's system-datastore dir as the TM leaves it (disk.0 a copy of the
+        raw image, deployment.0 the XML); returns the deployment file's path."""
+        d = self.vm_dir(vm_id)
+        d.mkdir(parents=True, exist_ok=True)
+        peers.copy_image(base_image, str(d / "disk.0"))
+        (d / "deployment.0").write_bytes(deployment)
+        self.vm_ids.add(vm_id)
+        return str(d / "deployment.0")
+
+    def call(self, action: str, *args: str, stdin: bytes) -> peers.SshStream:
+        return peers.SshStream([str(REMOTES_VMM / action)], args, stdin, env=self.env)
+
+    def status(self, vm_id: int) -> str:
+        from lxcone.runtime import ContainerNotFound
+
+        try:
+            return self.ours.rt.state(f"one-{vm_id}").status
+        except ContainerNotFound:
+            return "absent"
+
+    def disks_in_use(self, vm_id: int) -> list[str]:
+        """Loop devices and mounts still holding the VM's disks (empty once released)."""
+        return [*peers.loops_backed_by(str(self.vm_dir(vm_id))),
+                *peers.mounts_under(str(self.run_dir / f"one-{vm_id}.disks"))]
+
+    # -- the agent
+
+    def agent_socket(self) -> Path:
+        return self.run_dir / "agent.sock"
+
+    def agent_answers(self) -> bool:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            try:
+                s.connect(str(self.agent_socket()))
+            except OSError:
+                return False
+        return True
+
+    def agent_pids(self) -> list[int]:
+        cfg = str(self.cfg).encode()
+        return peers.pids_matching(lambda argv: b"lxcone.agent" in b" ".join(argv)
+                                   and cfg in b" ".join(argv))
+
+    def warm_up(self, vm_id: int, stdin: bytes) -> None:
+        """Untimed: one action (poll of a VM that has no container). With the agent, that action
+        starts it: wait until it answers on its socket (when lxcone.agent exists), then poll once
+        more through it."""
+        self.call("poll", f"one-{vm_id}", "node1", str(vm_id), "node1", stdin=stdin).check(None)
+        if not self.agent:
+            return
+        if importlib.util.find_spec("lxcone.agent") is not None:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline and not self.agent_answers():
+                time.sleep(0.05)
+        self.agent_running = self.agent_answers()
+        self.call("poll", f"one-{vm_id}", "node1", str(vm_id), "node1", stdin=stdin).check(None)
+
+    def stop_agent(self) -> list[str]:
+        """``python -m lxcone.agent stop --config <cfg>``; then no agent process may be left."""
+        problems = []
+        if self.agent:
+            p = subprocess.run([self.python, "-m", "lxcone.agent", "stop", "--config",
+                                str(self.cfg)], capture_output=True, text=True, timeout=30,
+                               check=False, env=self.env)
+            if p.returncode != 0 and (self.agent_running or self.agent_pids()):
+                problems.append(f"lxcone.agent stop exited {p.returncode}: {p.stderr.strip()}")
+        for _ in range(100):
+            if not self.agent_pids():
+                break
+            peers.reap_orphans()
+            time.sleep(0.05)
+        left = self.agent_pids()
+        if left:
+            problems.append(f"agent processes left after stop: {left}")
+            peers.kill_all(left)
+            time.sleep(0.2)
+        peers.reap_orphans()
+        return problems
+
+    def cleanup(self) -> list[str]:
+        """Cancel every VM through the driver (releases its disks), stop the agent, then prove
+        that no container, monitor, cgroup, disk mount, loop device or agent is left."""
+        from lxcone.testing.vmxml import action_data, vm_xml
+
+        problems = []
+        for vm_id in sorted(self.vm_ids):
+            if self.status(vm_id) not in ("absent", "stopped") or self.disks_in_use(vm_id):
+                problems.append(f"VM {vm_id} ({self.variant}) was still deployed at teardown")
+            xml = action_data(vm_xml(vm_id, deploy_id=f"one-{vm_id}", nics=[]))
+            try:
+                self.call("cancel", f"one-{vm_id}", "node1", str(vm_id), "node1",
+                          stdin=xml).check()
+            except (peers.PeerError, OSError, subprocess.SubprocessError) as exc:
+                problems.append(f"cancel of VM {vm_id} at teardown failed: {exc}")
+        problems += self.stop_agent()
+        problems += self.ours.cleanup()
+        for m in reversed(peers.mounts_under(str(self.workdir))):
+            problems.append(f"mount left: {m}")
+            subprocess.run(["umount", "-l", m], check=False)
+        for _ in range(100):
+            if not peers.loops_backed_by(str(self.workdir)):
+                break
+            time.sleep(0.02)
+        if peers.loops_backed_by(str(self.workdir)):
+            problems.append(f"loop devices left: {peers.loops_backed_by(str(self.workdir))}")
         return problems

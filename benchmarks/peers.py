@@ -12,6 +12,7 @@ import contextlib
 import ctypes
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -43,20 +44,20 @@ def become_subreaper() -> None:
         raise OSError(err, os.strerror(err), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def reap_orphans() -> int:
-    """Reap every exited child without blocking; returns how many were reaped.
+def reap_orphans() -> None:
+    """Reap every exited child without blocking.
 
-    Call only between measured steps, never while a ``subprocess`` call is in flight.
+    Call only between measured steps, never while a ``subprocess`` call is in flight. Returns
+    None on purpose: it is passed as ``benchmark.pedantic(setup=...)``, and pytest-benchmark
+    takes a truthy return value of a setup for the target's (args, kwargs).
     """
-    n = 0
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return n
+            return
         if pid == 0:
-            return n
-        n += 1
+            return
 
 
 def proc_cmdline(pid: int) -> list[bytes]:
@@ -269,6 +270,7 @@ lxc.net.0.flags = up
 lxc.net.0.veth.pair = {pair}
 lxc.net.0.ipv4.address = {address}
 """
+LXC_NET_HWADDR = "lxc.net.0.hwaddr = {hwaddr}\n"
 
 
 class Lxc:
@@ -319,19 +321,33 @@ class Lxc:
         subprocess.run(["nsenter", f"--net={netns}", f"--mount={ns}", "sh", "-ec", script],
                        check=True)
 
+    def mounts_under(self, prefix: str) -> list[str]:
+        """Mount points under ``prefix`` in the private mount namespace of the veth containers
+        (mounts made there, e.g. by the driver scripts, are invisible from ours)."""
+        if self.mntns is None:
+            return []
+        out = subprocess.run(["nsenter", f"--mount={self.mntns}", "cat", "/proc/self/mountinfo"],
+                             capture_output=True, text=True, check=True).stdout
+        return mountinfo_under(out, prefix)
+
     def _drop_mntns(self) -> None:
         if self.mntns is not None:
             subprocess.run(["umount", self.mntns], check=False)
             self.mntns = None
 
     def define(self, name: str, netns: str | None = None, bridge: str | None = None,
-               pair: str | None = None, address: str | None = None) -> None:
+               pair: str | None = None, address: str | None = None, *,
+               rootfs: str | None = None, hwaddr: str | None = None, extra: str = "") -> None:
+        """Write ``<lxcpath>/<name>/config``: the shared rootfs unless ``rootfs`` is given, net
+        type empty or a veth on ``bridge`` (``hwaddr`` sets its MAC), ``extra`` lines last."""
         d = self.lxcpath / name
         d.mkdir(exist_ok=True)
         net = LXC_NET_EMPTY if bridge is None else LXC_NET_VETH.format(
             bridge=bridge, pair=pair, address=address)
-        (d / "config").write_text(LXC_CONFIG.format(name=name, rootfs=self.rootfs,
-                                                    lxcpath=self.lxcpath, net=net))
+        if bridge is not None and hwaddr is not None:
+            net += LXC_NET_HWADDR.format(hwaddr=hwaddr)
+        (d / "config").write_text(LXC_CONFIG.format(
+            name=name, rootfs=rootfs or self.rootfs, lxcpath=self.lxcpath, net=net) + extra)
         self.netns[name] = netns
 
     def argv(self, tool: str, name: str, *args: str) -> list[str]:
@@ -532,6 +548,277 @@ class Crun:
             if not rmdir_tree(d):
                 problems.append(f"could not remove {d}")
         return problems
+
+
+# -- block devices, mounts and limits (oracles for the driver benchmark) -------------------------
+
+def loops_backed_by(prefix: str) -> list[str]:
+    """Loop devices whose backing file lives under ``prefix`` (global: any mount namespace)."""
+    found = []
+    for dev in sorted(os.listdir("/sys/block")):
+        if not dev.startswith("loop"):
+            continue
+        try:
+            with open(f"/sys/block/{dev}/loop/backing_file") as f:
+                backing = f.read().strip()
+        except OSError:  # not bound
+            continue
+        if backing.startswith(prefix):
+            found.append(f"/dev/{dev}")
+    return found
+
+
+def mountinfo_under(text: str, prefix: str) -> list[str]:
+    """Mount points under ``prefix`` in a mountinfo text."""
+    return [line.split()[4] for line in text.splitlines()
+            if line.split() and line.split()[4].startswith(prefix)]
+
+
+def mounts_under(prefix: str) -> list[str]:
+    """Mount points under ``prefix`` in this process's mount namespace."""
+    with open("/proc/self/mountinfo") as f:
+        return mountinfo_under(f.read(), prefix)
+
+
+#: The limit files the driver benchmark compares between the two sides (cgroup v1).
+LIMIT_FILES = ("memory/memory.limit_in_bytes", "memory/memory.memsw.limit_in_bytes",
+               "cpu/cpu.cfs_quota_us", "cpu/cpu.cfs_period_us", "cpu/cpu.shares",
+               "cpuset/cpuset.cpus")
+
+
+def cgroup_limits(pid: int) -> dict[str, str]:
+    """The limits in force on ``pid``: each LIMIT_FILES entry read in the cgroup the process
+    sits in (per /proc/PID/cgroup), as text."""
+    paths = {}
+    with open(f"/proc/{pid}/cgroup") as f:
+        for line in f:
+            _, ctrls, path = line.rstrip("\n").split(":", 2)
+            for c in ctrls.split(","):
+                paths[c] = path
+    out = {}
+    for entry in LIMIT_FILES:
+        ctrl, name = entry.split("/")
+        try:
+            with open(os.path.join(CGROUP_ROOT, ctrl, paths[ctrl].lstrip("/"), name)) as f:
+                out[name] = f.read().strip()
+        except (KeyError, OSError) as exc:
+            out[name] = f"? ({exc.__class__.__name__})"
+    return out
+
+
+# -- OpenNebula's ssh transport, and the LXC 5.0 counterpart of the driver's actions ------------
+
+class SshStream:
+    """One action call as oned's ssh transport makes the host run it: ``bash -s`` reading a
+    script in which the action's stdin (the VM XML) comes through a quoted heredoc with a
+    trailing newline and the arguments are single-quoted. The script text is built once; ``run``
+    is what a benchmark times: from spawning bash to its exit, stdout and stderr read to EOF
+    through pipes, as oned reads them."""
+
+    def __init__(self, command: Sequence[str], args: Sequence[str], stdin: bytes,
+                 env: dict[str, str] | None = None, timeout: float = 120.0) -> None:
+        self.argv = [*command, *args]
+        quoted = " ".join(shlex.quote(a) for a in self.argv)
+        self.body = f"cat << 'EOT' | {quoted}\n{stdin.decode()}\nEOT\n".encode()
+        self.env = env
+        self.timeout = timeout
+
+    def run(self) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", "-s"], input=self.body, capture_output=True, env=self.env,
+                              timeout=self.timeout, check=False)
+
+    def check(self, stdout: bytes | None = b"") -> subprocess.CompletedProcess:
+        """``run``, raising PeerError unless it exited 0 (with ``stdout``, unless None)."""
+        p = self.run()
+        if p.returncode != 0 or (stdout is not None and p.stdout != stdout):
+            raise PeerError(f"{' '.join(self.argv)} exited {p.returncode}, stdout {p.stdout!r}: "
+                            f"{p.stderr.decode(errors='replace').strip()[-1500:]}")
+        return p
+
+
+# The LXC 5.0 side of the driver benchmark: what a minimal LXC-based driver script would run on
+# the host for each action, and nothing else (no XML parsing, the LXC config is written before
+# the run). They run under one `nsenter --net --mount` prefix (the Lxc class explains why).
+LXC_DRIVER_SCRIPTS = {
+    "deploy": """\
+#!/bin/sh
+# deploy IMAGE MOUNTPOINT LXCPATH NAME: the raw image on a loop device, mounted, then
+# lxc-start -d, which returns once the container is RUNNING.
+set -e
+dev=$(losetup -f --show "$1")
+echo "$dev" > "$2.loop"
+mount "$dev" "$2"
+# PATH without newuidmap/newgidmap: root has no /etc/subuid range on this machine, so LXC
+# writes the id maps itself (as our runtime does) instead of failing.
+PATH=/usr/sbin:/sbin exec /usr/bin/lxc-start -P "$3" -n "$4" -d
+""",
+    "cancel": """\
+#!/bin/sh
+# cancel MOUNTPOINT LXCPATH NAME: lxc-stop -k, then unmount the image and free the loop device.
+set -e
+lxc-stop -P "$2" -n "$3" -k
+umount "$1"
+read -r dev < "$1.loop"
+losetup -d "$dev"
+""",
+    "shutdown": """\
+#!/bin/sh
+# shutdown MOUNTPOINT LXCPATH NAME TIMEOUT: graceful lxc-stop (lxc.signal.halt, wait for the
+# guest to power off, never kill), then unmount the image and free the loop device.
+set -e
+lxc-stop -P "$2" -n "$3" --nokill -t "$4"
+umount "$1"
+read -r dev < "$1.loop"
+losetup -d "$dev"
+""",
+    "attach_nic": """\
+#!/bin/sh
+# attach_nic LXCPATH NAME HOST_IF MAC BRIDGE GUEST_IF ADDRESS: a veth whose host end is up on
+# the bridge and whose other end is created inside the container's netns (found through
+# lxc-info -p) under its final name and MAC, then addressed and set up inside with lxc-attach.
+# (lxc-device add cannot be used here: it looks for the interface in pid 1's netns, and the
+# bridge lives in the bench netns.)
+set -e
+pid=$(lxc-info -P "$1" -n "$2" -p -H)
+ip link add "$3" master "$5" up type veth peer name "$6" address "$4" netns "$pid"
+lxc-attach -P "$1" -n "$2" -- /bin/sh -c "ip addr add $7 dev $6 && ip link set $6 up"
+""",
+    "detach_nic": """\
+#!/bin/sh
+# detach_nic HOST_IF: deleting the host end of the veth removes the guest end with it.
+exec ip link del "$1"
+""",
+}
+
+
+class LxcDriverVm:
+    """One VM of the LXC side: a copy of the raw image, its mount point, its LXC container."""
+
+    def __init__(self, name: str, image: Path, mnt: Path) -> None:
+        self.name = name
+        self.image = image
+        self.mnt = mnt
+
+
+class LxcDriver:
+    """LXC 5.0 doing what the OpenNebula driver's actions do, as shell scripts run through the
+    same ssh-stream transport (LXC_DRIVER_SCRIPTS). The scripts, the images and the mount points
+    live under ``workdir``; the containers are ``lxc``'s (so its teardown checks them too)."""
+
+    def __init__(self, lxc: Lxc, netns: str, workdir: Path) -> None:
+        self.lxc = lxc
+        self.netns = netns
+        self.workdir = workdir
+        self.remotes = workdir / "remotes"
+        self.remotes.mkdir(parents=True, exist_ok=True)
+        for action, text in LXC_DRIVER_SCRIPTS.items():
+            path = self.remotes / action
+            path.write_text(text)
+            path.chmod(0o755)
+        self.prefix = lxc.nsenter(netns)
+        self.vms: dict[str, LxcDriverVm] = {}
+        self.hot_ifs: set[str] = set()
+
+    def define(self, name: str, base_image: str, *, bridge: str, pair: str, mac: str,
+               address: str, extra: str) -> LxcDriverVm:
+        """Untimed: the image copy, the mount point and the LXC config (rootfs = the mount
+        point, a veth on ``bridge``, the ``extra`` lines: limits, id maps)."""
+        d = self.workdir / name
+        d.mkdir(exist_ok=True)
+        vm = LxcDriverVm(name, d / "disk.0", d / "rootfs")
+        vm.mnt.mkdir(exist_ok=True)
+        copy_image(base_image, str(vm.image))
+        self.lxc.define(name, netns=self.netns, bridge=bridge, pair=pair, address=address,
+                        rootfs=str(vm.mnt), hwaddr=mac, extra=extra)
+        self.vms[name] = vm
+        return vm
+
+    def call(self, action: str, *args: str, stdin: bytes = b"") -> SshStream:
+        return SshStream([*self.prefix, str(self.remotes / action)], args, stdin)
+
+    def deploy(self, vm: LxcDriverVm, stdin: bytes = b"") -> SshStream:
+        return self.call("deploy", str(vm.image), str(vm.mnt), str(self.lxc.lxcpath), vm.name,
+                         stdin=stdin)
+
+    def cancel(self, vm: LxcDriverVm, stdin: bytes = b"") -> SshStream:
+        return self.call("cancel", str(vm.mnt), str(self.lxc.lxcpath), vm.name, stdin=stdin)
+
+    def shutdown(self, vm: LxcDriverVm, timeout_s: int, stdin: bytes = b"") -> SshStream:
+        return self.call("shutdown", str(vm.mnt), str(self.lxc.lxcpath), vm.name,
+                         str(timeout_s), stdin=stdin)
+
+    def attach_nic(self, vm: LxcDriverVm, host_if: str, mac: str, bridge: str, guest_if: str,
+                   address: str, stdin: bytes = b"") -> SshStream:
+        self.hot_ifs.add(host_if)
+        return self.call("attach_nic", str(self.lxc.lxcpath), vm.name, host_if, mac, bridge,
+                         guest_if, address, stdin=stdin)
+
+    def detach_nic(self, host_if: str, stdin: bytes = b"") -> SshStream:
+        return self.call("detach_nic", host_if, stdin=stdin)
+
+    def log_tail(self, vm: LxcDriverVm) -> str:
+        try:
+            with open(self.lxc.lxcpath / vm.name / "lxc.log", "rb") as f:
+                return f.read()[-3000:].decode(errors="replace")
+        except OSError as exc:
+            return str(exc)
+
+    def is_deployed(self, vm: LxcDriverVm) -> bool:
+        return bool(loops_backed_by(str(vm.image)) or self.lxc.mounts_under(str(vm.mnt))
+                    or self.lxc.state(vm.name) != "STOPPED")
+
+    def exec_out(self, vm: LxcDriverVm, *cmd: str) -> str:
+        """lxc-attach output (untimed checks)."""
+        return subprocess.run(self.lxc.argv("lxc-attach", vm.name, "--", *cmd),
+                              capture_output=True, text=True, check=True).stdout
+
+    def ensure_undeployed(self, vm: LxcDriverVm) -> None:
+        """Untimed: stopped, unmounted, loop device freed, whatever state a round left."""
+        if self.lxc.state(vm.name) != "STOPPED":
+            self.lxc.stop_kill(vm.name)
+        for m in self.lxc.mounts_under(str(vm.mnt)):
+            subprocess.run([*self.prefix, "umount", m], check=True)
+        for dev in loops_backed_by(str(vm.image)):
+            subprocess.run(["losetup", "-d", dev], check=False)
+        reap_orphans()
+
+    def ensure_deployed(self, vm: LxcDriverVm) -> None:
+        if self.lxc.state(vm.name) == "RUNNING":
+            return
+        self.ensure_undeployed(vm)
+        self.deploy(vm).check()
+        reap_orphans()
+
+    def cleanup(self) -> list[str]:
+        """Undeploy everything, then prove no container, mount, loop device or veth is left;
+        returns the problems (the LXC cgroups are the Lxc fixture's to check)."""
+        problems = []
+        for vm in self.vms.values():
+            try:
+                if self.is_deployed(vm):
+                    problems.append(f"LXC driver VM {vm.name} was still deployed at teardown")
+                self.ensure_undeployed(vm)
+            except (PeerError, subprocess.SubprocessError, OSError) as exc:
+                problems.append(f"undeploying {vm.name}: {exc}")
+        links = set(netns_links(self.netns))
+        for host_if in sorted(self.hot_ifs & links):
+            problems.append(f"hot-plugged veth {host_if} left in the bench netns")
+            subprocess.run(["nsenter", f"--net={self.netns}", "ip", "link", "del", host_if],
+                           check=False)
+        for _ in range(100):  # a busy loop device is freed when its last user goes
+            if not loops_backed_by(str(self.workdir)):
+                break
+            time.sleep(0.02)
+        if loops_backed_by(str(self.workdir)):
+            problems.append(f"loop devices left: {loops_backed_by(str(self.workdir))}")
+        if self.lxc.mounts_under(str(self.workdir)):
+            problems.append(f"mounts left: {self.lxc.mounts_under(str(self.workdir))}")
+        return problems
+
+
+def copy_image(src: str, dst: str) -> None:
+    """A private copy of a raw image (reflink where the filesystem can, sparse otherwise)."""
+    subprocess.run(["cp", "--reflink=auto", "--sparse=always", src, dst], check=True)
 
 
 # -- host-side network namespace ---------------------------------------------------------------
