@@ -10,8 +10,9 @@ import os
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -> None:
-    """Readers see the old content or the new one, never a torn file. On failure (ENOSPC...)
-    the temp file is removed, the old content stays, and the OSError is raised."""
+    """Readers see the old content or the new one, never a torn file; the file gets exactly
+    ``mode`` (whatever the umask). On failure (ENOSPC...) the temp file is removed, the old
+    content stays, and the OSError is raised."""
     path = os.fspath(path)
     tmp = f"{path}.{os.getpid()}.tmp"  # per process: two writers never share a temp file
     try:
@@ -21,6 +22,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
+            os.fchmod(fd, mode)
         finally:
             os.close(fd)
         os.rename(tmp, path)

@@ -188,7 +188,6 @@ class Agent:
                     code, out, err = run(action, [a.decode(errors="surrogateescape")
                                                   for a in argv], stdin,
                                          config.decode(errors="surrogateescape"))
-                conn.settimeout(REQUEST_TIMEOUT_S)
                 with contextlib.suppress(OSError):  # the client went away: nothing to tell
                     conn.sendall(wire.encode_reply(code, out.encode(), err.encode()))
             ms = (time.monotonic() - t0) * 1000

@@ -8,14 +8,14 @@ reaches the VM log and the failure message. No traceback ever reaches OpenNebula
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from lxcone.driver import actions
 from lxcone.driver.config import DEFAULT_PATH, load_config
 from lxcone.driver.vmxml import VmXmlError, decode_stdin, parse_vm
+from lxcone.filelock import flock
 
 # Actions whose stdin may be empty or irrelevant are still given the XML by OpenNebula; all of
 # ours read it, to check the VM id against the argv.
@@ -56,21 +56,9 @@ def vm_lock(run_dir: str, vm_id: int) -> contextlib.AbstractContextManager[None]
     """One action per VM at a time, whether it runs in the agent or in its own process:
     oned serialises a VM's actions, but a retry after a timeout, or an operator running an
     action by hand, must not interleave with a running one."""
-    return _flock(os.path.join(run_dir, ".locks", f"one-{vm_id}"))
-
-
-@contextlib.contextmanager
-def _flock(path: str) -> Iterator[None]:
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except FileNotFoundError:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # the lock file stays: unlinking it would race with a waiter
+    locks = os.path.join(run_dir, ".locks")
+    os.makedirs(locks, mode=0o700, exist_ok=True)
+    return flock(os.path.join(locks, f"one-{vm_id}"), create=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -9,19 +9,19 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import io
 import os
 import select
 import shutil
 import signal
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 from lxcone import native
 from lxcone.cgroups import CgroupManager, Resources, Stats, from_paths, new_manager
+from lxcone.filelock import flock
 from lxcone.runtime import state as st
 from lxcone.runtime.errors import (
     ContainerExists,
@@ -304,7 +304,7 @@ class Runtime:
         target = check_mount_target(target)
         bind = Bind(os.path.normpath(source), target, bool(readonly))
         d, _ = self._load(name)
-        with _container_lock(d):
+        with flock(d):  # one read-modify-write of the record at a time
             d, s = self._load(name)
             spec = ContainerSpec.from_dict(s["spec"])
             current = _bind_at(spec, target)
@@ -347,7 +347,7 @@ class Runtime:
         """
         target = check_mount_target(target)
         d, _ = self._load(name)
-        with _container_lock(d):
+        with flock(d):  # one read-modify-write of the record at a time
             d, s = self._load(name)
             spec = ContainerSpec.from_dict(s["spec"])
             if _bind_at(spec, target) is None:
@@ -694,17 +694,6 @@ def _bind_at(spec: ContainerSpec, target: str) -> Bind | None:
 
 def _describe(bind: Bind) -> str:
     return f"bind of {bind.source}{', read-only' if bind.readonly else ''}"
-
-
-@contextlib.contextmanager
-def _container_lock(d: Path) -> Iterator[None]:
-    """Serialise read-modify-write of one container's record (flock on its directory)."""
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _read_line(stream: io.BufferedReader) -> str:

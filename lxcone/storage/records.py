@@ -21,14 +21,13 @@ Beside it, for qcow2 disks: ``disk.<id>.export`` (the FUSE export file), ``disk.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import json
 import os
-from collections.abc import Iterator
 from typing import Any
 
 from lxcone import atomicfile
+from lxcone.filelock import flock
 
 VERSION = 1
 
@@ -84,13 +83,7 @@ def all_ids(state_dir: str) -> list[int]:
     return sorted(ids)
 
 
-@contextlib.contextmanager
-def locked(state_dir: str) -> Iterator[None]:
+def locked(state_dir: str) -> contextlib.AbstractContextManager[None]:
     """Serialise mount/unmount of one state dir across processes (flock on the directory itself,
     so no lock file is left behind)."""
-    fd = os.open(state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return flock(state_dir)

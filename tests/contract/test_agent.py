@@ -88,14 +88,14 @@ def test_containers_outlive_a_killed_agent_and_a_new_agent_manages_them(agent_cf
     assert runtime.list() == [] and loops_backed_by(str(datastore)) == []
 
 
+def children_of(pid: int) -> list[int]:
+    return [int(c) for task in os.listdir(f"/proc/{pid}/task")
+            for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
+
+
 def monitor_zombies_of(pid: int) -> list[int]:
-    zombies = []
-    for task in os.listdir(f"/proc/{pid}/task"):
-        for child in Path(f"/proc/{pid}/task/{task}/children").read_text().split():
-            stat = Path(f"/proc/{child}/stat").read_text()
-            if "(lxcone-monitor) Z" in stat:
-                zombies.append(int(child))
-    return zombies
+    return [c for c in children_of(pid)
+            if "(lxcone-monitor) Z" in Path(f"/proc/{c}/stat").read_text()]
 
 
 def test_the_agent_reaps_the_monitor_of_a_guest_that_powered_itself_off(agent_cfg, runtime,
@@ -105,10 +105,7 @@ def test_the_agent_reaps_the_monitor_of_a_guest_that_powered_itself_off(agent_cf
         assert deploy(env, datastore).returncode == 0
         agent = server.read_pid(runtime.run_dir)
         monitor = runtime.state("one-12").monitor_pid
-        assert monitor in map(int, Path(f"/proc/{agent}/task/{agent}/children").read_text()
-                              .split()) or any(
-            str(monitor) in Path(f"/proc/{agent}/task/{t}/children").read_text().split()
-            for t in os.listdir(f"/proc/{agent}/task"))
+        assert monitor in children_of(agent)  # the agent started it: its zombie is ours
         runtime.kill("one-12", signal.SIGUSR2)  # busybox init: power off
         wait_for(lambda: runtime.state("one-12").status == "stopped", 20)
         wait_for(lambda: not Path(f"/proc/{monitor}").exists(), 10)  # reaped, not a zombie
