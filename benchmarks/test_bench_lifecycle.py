@@ -369,8 +369,8 @@ def test_kill_veth_lxcone(benchmark, ours, names):
 
     try:
         bench(benchmark, target, setup, R_KILL, "lxcone",
-              "Runtime.kill() (SIGKILL, waits until gone, NIC and cgroups removed), "
-              "veth on a bridge",
+              "Runtime.kill() (SIGKILL, waits until gone, cgroups removed, host veth off the "
+              "bridge and renamed; the kernel deletes the pair with the netns), veth on a bridge",
               primary=True)
         assert ours.rt.state(name).status == "stopped"
     finally:

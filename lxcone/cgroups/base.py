@@ -60,13 +60,19 @@ class CgroupManager(Protocol):
         """
         ...
 
-    def procs_files(self) -> list[str]:
-        """Every distinct cgroup.procs file a new task must be written to."""
+    def join_files(self) -> list[str]:
+        """The v1 ``tasks`` file of every distinct v1 directory ([] on pure v2).
+
+        A new single-threaded task joins the container by writing "0" to each (and is born in
+        ``unified_dir()`` through clone3(CLONE_INTO_CGROUP)). Only that form moves a task
+        without the kernel's global cgroup_threadgroup_rwsem, which writing a pid to
+        cgroup.procs takes and which, after an idle period, waits an RCU grace period: 6-12 ms
+        on our VMs (docs/cgroups.md)."""
         ...
 
     def unified_dir(self) -> str | None:
-        """The v2 directory for clone3(CLONE_INTO_CGROUP) on a pure v2 host, else None
-        (v1 and hybrid need procs writes in the v1 hierarchies anyway)."""
+        """The cgroup2 directory (pure v2, or the unified side of a hybrid host), for
+        clone3(CLONE_INTO_CGROUP); None on a pure v1 host."""
         ...
 
     def apply(self, pid: int) -> None:

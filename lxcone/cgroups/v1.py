@@ -360,15 +360,15 @@ class V1Manager:
         for name, d in self._v1.items():
             subsystem(name).create_hook(d)
 
-    def procs_files(self) -> list[str]:
-        return [d + "/cgroup.procs" for d in self._dirs()]
+    def join_files(self) -> list[str]:
+        return [d + "/tasks" for d in base.distinct(list(self._v1.values()))]
 
     def unified_dir(self) -> str | None:
-        return None
+        return self._unified
 
     def apply(self, pid: int) -> None:
-        for f in self.procs_files():
-            base.write_pid(f, pid)
+        for d in self._dirs():
+            base.write_pid(d + "/cgroup.procs", pid)
 
     def set(self, res: Resources) -> None:
         res.validate()

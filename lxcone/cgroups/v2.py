@@ -254,8 +254,8 @@ class V2Manager:
             cur = cur + "/" + part
             fs.make_dir(cur)
 
-    def procs_files(self) -> list[str]:
-        return [self._path + "/cgroup.procs"]
+    def join_files(self) -> list[str]:
+        return []
 
     def unified_dir(self) -> str | None:
         return self._path

@@ -50,6 +50,9 @@ MS_SLAVE: int = lib.MS_SLAVE
 MS_SHARED: int = lib.MS_SHARED
 
 MONITOR = str(Path(__file__).resolve().parent / "lxcone-monitor")
+#: The action shim's client of the resident agent (csrc/client.c), run by path: $LXCONE_CLIENT
+#: or the etc/vmm/lxcone/client file that `python -m lxcone.install remotes` writes.
+CLIENT = str(Path(__file__).resolve().parent / "lxcone-client")
 
 _MOUNT_FLAGS = {
     "MS_RDONLY": MS_RDONLY, "MS_NOSUID": MS_NOSUID, "MS_NODEV": MS_NODEV, "MS_NOEXEC": MS_NOEXEC,
@@ -246,10 +249,12 @@ def _cstrings(items: Sequence[str], keep: list) -> object:
     return arr
 
 
-def attach(pid: int, argv: Sequence[str], env: Sequence[str], *, procs: Sequence[str] = (),
-           cwd: str = "/", uid: int = 0, gid: int = 0, stdin: int = -1, stdout: int = -1,
-           stderr: int = -1) -> int:
-    """Start ``argv`` inside every namespace and cgroup of the container whose init is ``pid``.
+def attach(pid: int, argv: Sequence[str], env: Sequence[str], *, cgroup_dir: str | None = None,
+           join: Sequence[str] = (), cwd: str = "/", uid: int = 0, gid: int = 0, stdin: int = -1,
+           stdout: int = -1, stderr: int = -1) -> int:
+    """Start ``argv`` inside every namespace and cgroup of the container whose init is ``pid``:
+    born in the v2 ``cgroup_dir`` (clone3(CLONE_INTO_CGROUP)), joining the v1 ``tasks`` files
+    ``join`` (CgroupManager.join_files).
 
     Returns the command's pid, a child of the caller: reap it with ``os.waitpid``. Raises
     OSError with the failing step (``setns mnt``, ``execve``...) and errno.
@@ -261,8 +266,12 @@ def attach(pid: int, argv: Sequence[str], env: Sequence[str], *, procs: Sequence
     a.pid = pid
     a.argv = _cstrings(argv, keep)
     a.envp = _cstrings(env, keep)
-    a.procs = _cstrings(procs, keep)
-    a.n_procs = len(procs)
+    a.join = _cstrings(join, keep)
+    a.n_join = len(join)
+    if cgroup_dir is not None:
+        cg_c = ffi.new("char[]", cgroup_dir.encode())
+        keep.append(cg_c)
+        a.cgroup_dir = cg_c
     cwd_c = ffi.new("char[]", cwd.encode())
     a.cwd = cwd_c
     a.uid, a.gid = uid, gid

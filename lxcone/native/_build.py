@@ -64,8 +64,9 @@ int lxcone_pidfd_send_signal(int pidfd, int sig, unsigned int flags);
 
 struct lxcone_attach {
     int pid;
-    const char *const *procs;
-    int n_procs;
+    const char *cgroup_dir;
+    const char *const *join;
+    int n_join;
     char *const *argv;
     char *const *envp;
     const char *cwd;

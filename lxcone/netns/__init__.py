@@ -3,7 +3,7 @@
 The public surface::
 
     from lxcone.netns import (NicSpec, Address, NetnsError, host_ipr, add_nic, remove_nic,
-                              ensure_bridge, delete_bridge, setup_loopback, nic_exists,
+                              retire_nic, ensure_bridge, delete_bridge, setup_loopback, nic_exists,
                               open_netns)
 
 ``NicSpec``, ``Address``, ``NetnsError`` and ``open_netns`` are stdlib-only. The functions that
@@ -30,18 +30,19 @@ if TYPE_CHECKING:
         netns_ipr,
         nic_exists,
         remove_nic,
+        retire_nic,
         setup_loopback,
     )
 
 _LAZY = frozenset({
     "add_nic", "delete_bridge", "ensure_bridge", "host_ipr", "netns_ipr", "nic_exists",
-    "remove_nic", "setup_loopback",
+    "remove_nic", "retire_nic", "setup_loopback",
 })
 
 __all__ = [
     "Address", "NetnsError", "NicSpec", "add_nic", "delete_bridge", "ensure_bridge",
     "host_ipr", "netns_ipr", "netns_path", "nic_exists", "normalize_mac", "open_netns",
-    "remove_nic", "setup_loopback", "validate_ifname",
+    "remove_nic", "retire_nic", "setup_loopback", "validate_ifname",
 ]
 
 

@@ -403,13 +403,57 @@ def remove_nic(host_name: str, host_netns: str | None = None) -> None:
     """
     validate_ifname(host_name, "host_name")
     with _host(host_netns) as host:
-        link = _get_link(host, ifname=host_name)
+        link = _host_veth(host, host_name, "link del")
+        if link is not None:
+            _nl("link del", host_name, host.link, "del", index=link["index"], tolerate=_GONE)
+
+
+def _host_veth(host: IPRoute, host_name: str, operation: str) -> Msg | None:
+    """The host end ``host_name``, None if missing; NetnsError(EINVAL) if it is not a veth, so
+    a wrong name cannot take down a bridge or a physical NIC."""
+    link = _get_link(host, ifname=host_name)
+    if link is not None and _kind(link) != "veth":
+        raise NetnsError(errno.EINVAL, operation, host_name,
+                         f"is a {_kind(link) or 'device'}, not a veth: refusing to touch it")
+    return link
+
+
+RETIRED_PREFIX = "lxz"
+
+
+def retire_nic(host_name: str, host_netns: str | None = None) -> None:
+    """Unplug the veth ``host_name`` of a container whose init is dead or dying, without
+    waiting for the kernel to delete it.
+
+    One RTM_SETLINK takes the host end off its bridge, down, and renames it to
+    ``lxz<ifindex in hex>``, so the name and the bridge port are free on return (~1 ms). The
+    pair itself is deleted by the kernel with the container's netns, once init and its monitor
+    are gone. An RTM_DELLINK would wait two RCU grace periods in our thread (15-18 ms on these
+    VMs). Falls back to ``remove_nic`` when the rename is refused (a kernel that will not rename
+    a device that is up: then down first; a taken name). Missing: done. Not a veth: refused
+    (``NetnsError`` EINVAL), as ``remove_nic``.
+    """
+    validate_ifname(host_name, "host_name")
+    with _host(host_netns) as host:
+        link = _host_veth(host, host_name, "link set")
         if link is None:
             return
-        if _kind(link) != "veth":
-            raise NetnsError(errno.EINVAL, "link del", host_name,
-                             f"is a {_kind(link) or 'device'}, not a veth: refusing to delete")
-        _nl("link del", host_name, host.link, "del", index=link["index"], tolerate=_GONE)
+        index = link["index"]
+        try:
+            host.link("set", index=index, master=0, state="down",
+                      ifname=f"{RETIRED_PREFIX}{index:x}")
+            return
+        except NetlinkError as exc:
+            if exc.code in _GONE:
+                return
+            if exc.code == errno.EBUSY:  # kernels before live renames: down first, then rename
+                _nl("link set", host_name, host.link, "set", index=index, master=0,
+                    state="down", tolerate=_GONE)
+                if _nl("link set", host_name, host.link, "set", index=index,
+                       ifname=f"{RETIRED_PREFIX}{index:x}", tolerate=(*_GONE, errno.EEXIST),
+                       ) is not None:
+                    return
+        _nl("link del", host_name, host.link, "del", index=index, tolerate=_GONE)
 
 
 def ensure_bridge(name: str, host_netns: str | None = None, mtu: int | None = None) -> int:

@@ -36,6 +36,8 @@ from lxcone.runtime.spec import DEFAULT_ENV, Bind, ContainerSpec, check_binds, v
 
 DEFAULT_RUN_DIR = "/run/lxcone"
 DEFAULT_CGROUP_PARENT = "lxcone"
+# How long a stop waits for init to be able to receive its signal (_wait_until_caught).
+CATCH_WAIT_S = 2.0
 
 CREATED, RUNNING, FROZEN, STOPPED = "created", "running", "frozen", "stopped"
 
@@ -228,12 +230,12 @@ class Runtime:
             lines += [f"uid_map 0 {m.host_uid} {m.size}", f"gid_map 0 {m.host_gid} {m.size}",
                       f"root_uid {m.host_uid}", f"tty_gid {m.host_gid + 5}"]
         lines.append(f"ns_flags {flags}")
-        # The v2 directory, pure v2 or the unified side of a hybrid host: init is born in it
-        # through clone3(CLONE_INTO_CGROUP); the monitor writes the v1 cgroup.procs files.
-        unified = mgr.unified_dir() or mgr.paths.get("unified")
+        # init is born in the v2 directory (clone3(CLONE_INTO_CGROUP)) and joins the v1 ones
+        # itself (CgroupManager.join_files says why).
+        unified = mgr.unified_dir()
         if unified:
             lines.append(f"cgroup_dir {unified}")
-        lines += [f"cgroup_procs {p}" for p in mgr.procs_files()]
+        lines += [f"cgroup_join {p}" for p in mgr.join_files()]
         lines += [f"arg {a}" for a in spec.init]
         lines += [f"env {e}" for e in spec.env]
         lines += [f"bind {int(b.readonly)} {b.target.lstrip('/')}\t{b.source}" for b in spec.binds]
@@ -251,12 +253,14 @@ class Runtime:
             os.close(fd)
 
     def _unplug_nics(self, spec: ContainerSpec, s: dict) -> None:
+        """Free the host ends of a container whose init is dead or dying: off the bridge and
+        renamed at once; the kernel deletes the pairs with the netns (netns.retire_nic)."""
         if not spec.nics:
             return
         from lxcone import netns
 
         for nic in spec.nics:
-            netns.remove_nic(nic.host_name, s.get("host_netns", self.host_netns))
+            netns.retire_nic(nic.host_name, s.get("host_netns", self.host_netns))
 
     # -- hot NICs -----------------------------------------------------------------------------
 
@@ -497,15 +501,16 @@ class Runtime:
             # A frozen init can neither act on a signal nor die (v1 freezer) until thawed.
             if mgr.freezer_state() != "THAWED":
                 mgr.thaw()
+            deadline = time.monotonic() + timeout
+            if sig != signal.SIGKILL:
+                _wait_until_caught(info.pid, pidfd, sig, deadline)
             native.pidfd_send_signal(pidfd, sig)
             if unplug is not None:
-                # Deleting a veth costs ~18 ms of RCU waits in the kernel, in our thread: do it
-                # while init dies on the other CPU. Deleting it ourselves (rather than letting
-                # the dying netns do it, asynchronously) means the name is free on return.
+                # While init dies on the other CPU.
                 self._unplug_nics(unplug, s)
                 unplug = None
-            if (not self._wait_exit(name, pidfd, timeout) and sig != signal.SIGKILL
-                    and escalate):
+            if (not self._wait_exit(name, pidfd, max(0.0, deadline - time.monotonic()))
+                    and sig != signal.SIGKILL and escalate):
                 native.pidfd_send_signal(pidfd, signal.SIGKILL)
                 self._wait_exit(name, pidfd, 10.0)
         except ProcessLookupError:
@@ -611,8 +616,9 @@ class Runtime:
             raise InvalidTransition(name, FROZEN, "exec in")
         if env is None:
             env = s["spec"].get("env", DEFAULT_ENV)  # only env: no need to rebuild the spec
-        pid = native.attach(info.pid, argv, env, procs=mgr.procs_files(), cwd=cwd, uid=uid,
-                            gid=gid, stdin=stdin, stdout=stdout, stderr=stderr)
+        pid = native.attach(info.pid, argv, env, cgroup_dir=mgr.unified_dir(),
+                            join=mgr.join_files(), cwd=cwd, uid=uid, gid=gid, stdin=stdin,
+                            stdout=stdout, stderr=stderr)
         self._children[pid] = name
         return pid
 
@@ -709,6 +715,35 @@ def _start_error(reply: str, name: str, d: Path) -> OSError:
     with contextlib.suppress(FileNotFoundError):
         log = (d / "monitor.log").read_text().strip()
     return StartError(errno.EPROTO, "lxcone-monitor", log or reply or "exited early", name)
+
+
+def _wait_until_caught(pid: int, pidfd: int, sig: int, deadline: float) -> None:
+    """Wait, at most CATCH_WAIT_S and until ``deadline``, until init can receive ``sig``.
+
+    From outside its pid namespace, init only receives the signals it handles or blocks (and
+    SIGKILL/SIGSTOP); any other is dropped (sig_task_ignored), and the stop would then wait
+    out its whole timeout. busybox init blocks its stop signals a few hundred microseconds
+    after exec, and a stop right after the start lost its signal now and then (seen in the
+    tests). Ready means: ``sig`` in SigCgt or SigBlk, or init asleep in sigtimedwait (which
+    unblocks the awaited signals while it waits: busybox's idle state). The cap covers a kernel
+    that does not name wait channels (no kallsyms): the signal is then sent after it."""
+    bit = 1 << (sig - 1)
+    delay = 2e-4
+    deadline = min(deadline, time.monotonic() + CATCH_WAIT_S)
+    while (left := deadline - time.monotonic()) > 0:
+        try:
+            with open(f"/proc/{pid}/status", "rb") as f:
+                fields = dict(line.split(b":", 1) for line in f if b":" in line)
+            with open(f"/proc/{pid}/wchan", "rb") as f:
+                waiting = b"sigtimedwait" in f.read()
+        except FileNotFoundError:
+            return  # gone
+        if (int(fields.get(b"SigBlk", b"0"), 16) | int(fields.get(b"SigCgt", b"0"), 16)) & bit \
+                or waiting:
+            return
+        if _wait_fd(pidfd, min(delay, left)):
+            return  # init exited meanwhile
+        delay = min(delay * 2, 0.05)
 
 
 def _wait_fd(fd: int, timeout: float) -> bool:

@@ -94,16 +94,23 @@ int lxcone_attach_run(struct lxcone_attach *a)
         }
         nsfd[i] = fd;
     }
-    int procfd[16];
-    int n_procs = a->n_procs < 16 ? a->n_procs : 16;
+    int procfd[17], cgfd = -1;
+    int n_procs = a->n_join < 16 ? a->n_join : 16;
     for (int i = 0; i < n_procs; i++) {
-        procfd[i] = open(a->procs[i], O_WRONLY | O_CLOEXEC);
+        procfd[i] = open(a->join[i], O_WRONLY | O_CLOEXEC);
         if (procfd[i] < 0) {
             ret = -errno;
-            snprintf(a->err, sizeof(a->err), "open %s", a->procs[i]);
-            while (i-- > 0)
-                close(procfd[i]);
-            goto out;
+            snprintf(a->err, sizeof(a->err), "open %s", a->join[i]);
+            n_procs = i;
+            goto out_procs;
+        }
+    }
+    if (a->cgroup_dir) {
+        cgfd = open(a->cgroup_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (cgfd < 0) {
+            ret = -errno;
+            snprintf(a->err, sizeof(a->err), "open %s", a->cgroup_dir);
+            goto out_procs;
         }
     }
     if (pipe2(errpipe, O_CLOEXEC) < 0 || pipe2(pidpipe, O_CLOEXEC) < 0) {
@@ -111,8 +118,25 @@ int lxcone_attach_run(struct lxcone_attach *a)
         snprintf(a->err, sizeof(a->err), "pipe2");
         goto out_procs;
     }
+    /* Born in the v2 cgroup; the v1 ones are joined by the helper itself (lxcone_join_cgroups
+     * in container.h says why "0" to "tasks"). */
     struct lxcone_clone_args args = {.exit_signal = SIGCHLD};
+    if (cgfd >= 0) {
+        args.flags = CLONE_INTO_CGROUP;
+        args.cgroup = (uint64_t)cgfd;
+    }
     pid_t mid = (pid_t)lxcone_clone3(&args);
+    if (mid < 0 && cgfd >= 0) {
+        /* No CLONE_INTO_CGROUP here (kernel < 5.7): the v2 cgroup.procs like a v1 file. */
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/cgroup.procs", a->cgroup_dir);
+        procfd[n_procs] = open(path, O_WRONLY | O_CLOEXEC);
+        if (procfd[n_procs] >= 0)
+            n_procs++;
+        args.flags = 0;
+        args.cgroup = 0;
+        mid = (pid_t)lxcone_clone3(&args);
+    }
     if (mid < 0) {
         ret = -errno;
         snprintf(a->err, sizeof(a->err), "clone3");
@@ -127,7 +151,7 @@ int lxcone_attach_run(struct lxcone_attach *a)
         close(pidpipe[0]);
         for (int i = 0; i < n_procs; i++)
             if (write(procfd[i], "0", 1) != 1)
-                report(errpipe[1], errno, "write cgroup.procs");
+                report(errpipe[1], errno, "join cgroup");
         for (int i = 0; i < N_NS; i++)
             if (nsfd[i] >= 0 && setns(nsfd[i], ns_order[i].type) < 0)
                 report(errpipe[1], errno, ns_order[i].name);
@@ -197,6 +221,8 @@ int lxcone_attach_run(struct lxcone_attach *a)
 out_procs:
     for (int i = 0; i < n_procs; i++)
         close(procfd[i]);
+    if (cgfd >= 0)
+        close(cgfd);
 out:
     for (int i = 0; i < N_NS; i++)
         if (nsfd[i] >= 0)

@@ -4,8 +4,9 @@
 /* Run a command inside a running container: its cgroups, then all of its namespaces. */
 struct lxcone_attach {
     int pid;                  /* the container's init, as seen from the caller */
-    const char *const *procs; /* cgroup.procs files to enter */
-    int n_procs;
+    const char *cgroup_dir;   /* v2 cgroup, entered with clone3(CLONE_INTO_CGROUP), or NULL */
+    const char *const *join;  /* v1 "tasks" files the helper writes "0" to (container.h) */
+    int n_join;
     char *const *argv;        /* argv[0] is looked up in PATH from envp if it has no slash */
     char *const *envp;
     const char *cwd;

@@ -267,6 +267,17 @@ static void setup_binds(const struct lxcone_ct *ct, int rootfd, const struct lxc
 static const int dropped_caps[] = {CAP_SYS_MODULE, CAP_SYS_TIME, CAP_MAC_ADMIN, CAP_MAC_OVERRIDE,
                                    CAP_SYS_RAWIO, -1};
 
+int lxcone_join_cgroups(const struct lxcone_ct *ct, const char **failed)
+{
+    for (int i = 0; i < ct->n_cgroup_join; i++) {
+        if (write(ct->cgroup_join_fd[i], "0", 1) != 1) {
+            *failed = ct->cgroup_join[i];
+            return -1;
+        }
+    }
+    return 0;
+}
+
 void lxcone_child_main(const struct lxcone_ct *ct, int sync_fd)
 {
     struct lxcone_child_fds fds;
@@ -277,12 +288,16 @@ void lxcone_child_main(const struct lxcone_ct *ct, int sync_fd)
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
+    /* First of all, so that everything the child does is charged to the container. */
+    const char *cg;
+    if (lxcone_join_cgroups(ct, &cg) < 0)
+        fail("write 0", cg);
 
     if (lxcone_recv_go(sync_fd, &fds, ct->n_binds) < 0)
         fail("recv go", ct->name);
     /* The cgroup namespace is made here, not by clone3: its root is the cgroup we are in at
-     * that moment, and only now has the monitor finished placing us in the container's v1
-     * cgroups (clone3 can only target a v2 one). */
+     * that moment, and only now do we sit in the container's v1 cgroups (clone3 can only target
+     * a v2 one). */
     if (ct->ns_flags & CLONE_NEWCGROUP)
         CHECK(unshare(CLONE_NEWCGROUP), "unshare", "CLONE_NEWCGROUP");
     /* Resolve the rootfs path while still host uid 0: once we are the container's root (host

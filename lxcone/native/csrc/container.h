@@ -22,8 +22,12 @@ struct lxcone_ct {
     char *uid_map[LXCONE_MAX_MAPS], *gid_map[LXCONE_MAX_MAPS];
     int n_uid_map, n_gid_map;
     int root_uid, tty_gid;       /* host ids of the container's uid 0 and gid 5 */
-    char *cgroup_procs[LXCONE_MAX_CGROUPS];
-    int n_cgroup_procs;
+    /* v1 "tasks" files, one per hierarchy, and the fds the monitor opened on them: the child
+     * moves itself by writing "0" to each (lxcone_join_cgroups). The v2 cgroup is cgroup_dir,
+     * entered through clone3(CLONE_INTO_CGROUP). */
+    char *cgroup_join[LXCONE_MAX_CGROUPS];
+    int cgroup_join_fd[LXCONE_MAX_CGROUPS];
+    int n_cgroup_join;
     char *argv[LXCONE_MAX_ARGS + 1];
     int argc;
     char *envp[LXCONE_MAX_ENV + 1];
@@ -42,6 +46,13 @@ struct lxcone_child_fds {
 /* Runs in the freshly cloned child; never returns. Reports failures on sync_fd as
  * "error <errno> <call> <path>\n" then exits 1; success is the EOF exec gives (CLOEXEC). */
 void lxcone_child_main(const struct lxcone_ct *ct, int sync_fd);
+
+/* Moves the calling single-threaded task into every cgroup of ct->cgroup_join_fd. Returns 0, or
+ * -1 with errno and *failed set to the path. Writing "0" to a v1 "tasks" file moves only the
+ * writer, and for that the kernel skips the global cgroup_threadgroup_rwsem that any write of a
+ * pid to cgroup.procs takes (cgroup_procs_write_start); after an idle period that write waits an
+ * RCU grace period, 6-12 ms on our VMs, per start and per exec. */
+int lxcone_join_cgroups(const struct lxcone_ct *ct, const char **failed);
 
 /* Sends/receives the go-ahead with the fds above over a unix socket. */
 int lxcone_send_go(int sock, const struct lxcone_child_fds *fds, int n_binds);

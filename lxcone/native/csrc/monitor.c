@@ -6,8 +6,9 @@
  * executable: a forked Python process would keep its whole heap alive per container, this one
  * costs a few hundred KiB. The runtime starts it and talks to it only during start-up:
  *
- *   fd 3 (monitor -> runtime): "pid <pid>\n" once init is cloned, mapped and in its cgroups,
- *                              then "running\n" or "error <errno> <call> <path>\n"
+ *   fd 3 (monitor -> runtime): "pid <pid>\n" once init is cloned and mapped (it joins its
+ *                              cgroups itself, first thing), then "running\n" or
+ *                              "error <errno> <call> <path>\n"
  *   fd 4 (runtime -> monitor): "go\n" once the runtime has plugged the NICs; EOF aborts the start
  *
  * Afterwards it only reaps init, restarts it on reboot (keeping the user and network namespaces,
@@ -115,8 +116,8 @@ static void load_config(const char *path)
             ct.uid_map[ct.n_uid_map++] = xstrdup(val);
         else if (!strcmp(line, "gid_map") && ct.n_gid_map < LXCONE_MAX_MAPS)
             ct.gid_map[ct.n_gid_map++] = xstrdup(val);
-        else if (!strcmp(line, "cgroup_procs") && ct.n_cgroup_procs < LXCONE_MAX_CGROUPS)
-            ct.cgroup_procs[ct.n_cgroup_procs++] = xstrdup(val);
+        else if (!strcmp(line, "cgroup_join") && ct.n_cgroup_join < LXCONE_MAX_CGROUPS)
+            ct.cgroup_join[ct.n_cgroup_join++] = xstrdup(val);
         else if (!strcmp(line, "arg") && ct.argc < LXCONE_MAX_ARGS)
             ct.argv[ct.argc++] = xstrdup(val);
         else if (!strcmp(line, "env") && ct.envc < LXCONE_MAX_ENV)
@@ -202,32 +203,50 @@ static void write_map(pid_t pid, const char *kind, char **lines, int n)
     write_file(path, buf);
 }
 
-/* skip_dir: the cgroup clone3(CLONE_INTO_CGROUP) already put the task in (or NULL). */
-static void place_in_cgroups(pid_t pid, const char *skip_dir)
+static int cgroup_fd = -1; /* O_PATH of ct.cgroup_dir, for clone3(CLONE_INTO_CGROUP) */
+
+/* Kept open for the monitor's life: a reboot clones init again into the same cgroups. */
+static void open_cgroups(void)
 {
-    char buf[32];
-    size_t skip_len = skip_dir ? strlen(skip_dir) : 0;
-    snprintf(buf, sizeof(buf), "%d", pid);
-    for (int i = 0; i < ct.n_cgroup_procs; i++) {
-        if (skip_dir && !strncmp(ct.cgroup_procs[i], skip_dir, skip_len) &&
-            !strcmp(ct.cgroup_procs[i] + skip_len, "/cgroup.procs"))
-            continue;
-        /* EINVAL while the task is still in TASK_NEW is transient (runc WriteCgroupProc). */
-        for (int try = 0;; try++) {
-            int fd = open(ct.cgroup_procs[i], O_WRONLY | O_CLOEXEC);
-            if (fd < 0)
-                die("open", ct.cgroup_procs[i]);
-            ssize_t r = write(fd, buf, strlen(buf));
-            int err = errno;
-            close(fd);
-            if (r >= 0)
-                break;
-            errno = err;
-            if (err != EINVAL || try >= 5)
-                die("write pid", ct.cgroup_procs[i]);
-            usleep(100);
+    for (int i = 0; i < ct.n_cgroup_join; i++) {
+        ct.cgroup_join_fd[i] = open(ct.cgroup_join[i], O_WRONLY | O_CLOEXEC);
+        if (ct.cgroup_join_fd[i] < 0)
+            die("open", ct.cgroup_join[i]);
+    }
+    if (ct.cgroup_dir) {
+        cgroup_fd = open(ct.cgroup_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (cgroup_fd < 0)
+            die("open", ct.cgroup_dir);
+    }
+}
+
+/* clone3 straight into the v2 cgroup, so the child never runs outside it; the child then joins
+ * the v1 hierarchies itself (lxcone_join_cgroups). */
+static pid_t clone_in_cgroup(struct lxcone_clone_args *args)
+{
+    if (cgroup_fd >= 0) {
+        args->flags |= CLONE_INTO_CGROUP;
+        args->cgroup = (uint64_t)cgroup_fd;
+        pid_t pid = (pid_t)lxcone_clone3(args);
+        if (pid >= 0)
+            return pid;
+        /* A kernel without CLONE_INTO_CGROUP (< 5.7), or a cgroup we may not enter this way:
+         * from now on the child writes cgroup.procs of the v2 cgroup like a v1 one. */
+        args->flags &= ~(unsigned long long)CLONE_INTO_CGROUP;
+        args->cgroup = 0;
+        close(cgroup_fd);
+        cgroup_fd = -1;
+        char path[4096];
+        snprintf(path, sizeof(path), "%s/cgroup.procs", ct.cgroup_dir);
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0)
+            die("open", path);
+        if (ct.n_cgroup_join < LXCONE_MAX_CGROUPS) {
+            ct.cgroup_join[ct.n_cgroup_join] = xstrdup(path);
+            ct.cgroup_join_fd[ct.n_cgroup_join++] = fd;
         }
     }
+    return (pid_t)lxcone_clone3(args);
 }
 
 static int open_ns(pid_t pid, const char *kind)
@@ -338,23 +357,7 @@ static pid_t clone_first(int *sock_out)
     /* CLONE_NEWCGROUP is left to the child, once it sits in its cgroups (container.c). */
     struct lxcone_clone_args args = {.flags = ct.ns_flags & ~(unsigned long long)CLONE_NEWCGROUP,
                                      .exit_signal = SIGCHLD};
-    int cgfd = -1;
-    if (ct.cgroup_dir) {
-        cgfd = open(ct.cgroup_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-        if (cgfd < 0)
-            die("open", ct.cgroup_dir);
-        args.flags |= CLONE_INTO_CGROUP;
-        args.cgroup = (uint64_t)cgfd;
-    }
-    pid_t pid = (pid_t)lxcone_clone3(&args);
-    if (pid < 0 && cgfd >= 0) {
-        /* Older kernels or a cgroup we cannot enter this way: fall back to cgroup.procs. */
-        args.flags &= ~CLONE_INTO_CGROUP;
-        args.cgroup = 0;
-        close(cgfd);
-        cgfd = -1;
-        pid = (pid_t)lxcone_clone3(&args);
-    }
+    pid_t pid = clone_in_cgroup(&args);
     if (pid < 0)
         die("clone3", ct.name);
     if (pid == 0) {
@@ -363,11 +366,6 @@ static pid_t clone_first(int *sock_out)
     }
     pending_child = pid;
     close(sv[1]);
-    /* Born in the v2 cgroup (no window where it runs outside it); v1 hierarchies, which
-     * clone3 cannot target, still get a cgroup.procs write before the child may proceed. */
-    place_in_cgroups(pid, cgfd >= 0 ? ct.cgroup_dir : NULL);
-    if (cgfd >= 0)
-        close(cgfd);
     if (ct.ns_flags & CLONE_NEWUSER) {
         userns_fd = open_ns(pid, "user");
         write_map(pid, "uid_map", ct.uid_map, ct.n_uid_map);
@@ -390,20 +388,17 @@ static pid_t clone_again(int *sock_out)
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0 || pipe2(pp, O_CLOEXEC) < 0)
         die("socketpair", "sync");
     struct lxcone_clone_args args = {.exit_signal = SIGCHLD};
-    pid_t mid = (pid_t)lxcone_clone3(&args);
+    pid_t mid = clone_in_cgroup(&args);
     if (mid < 0)
         die("clone3", ct.name);
     if (mid == 0) {
         char buf[32];
+        const char *cg;
         close(sv[0]);
         close(pp[0]);
         /* Enter the cgroups while still host root; init inherits them. */
-        for (int i = 0; i < ct.n_cgroup_procs; i++) {
-            int fd = open(ct.cgroup_procs[i], O_WRONLY | O_CLOEXEC);
-            if (fd < 0 || write(fd, "0", 1) != 1)
-                _exit(2);
-            close(fd);
-        }
+        if (lxcone_join_cgroups(&ct, &cg) < 0)
+            _exit(2);
         if (netns_fd >= 0 && setns(netns_fd, CLONE_NEWNET) < 0)
             _exit(3);
         if (userns_fd >= 0 && setns(userns_fd, CLONE_NEWUSER) < 0)
@@ -440,15 +435,17 @@ static void cleanup_cgroups(void)
 {
     /* Best effort: the runtime's delete is the authoritative, idempotent cleanup; doing it here
      * too means a container that powered itself off leaves no empty cgroup behind. */
-    for (int i = 0; i < ct.n_cgroup_procs; i++) {
+    for (int i = 0; i < ct.n_cgroup_join; i++) {
         char dir[4096];
-        snprintf(dir, sizeof(dir), "%s", ct.cgroup_procs[i]);
+        snprintf(dir, sizeof(dir), "%s", ct.cgroup_join[i]);
         char *slash = strrchr(dir, '/');
         if (slash) {
             *slash = 0;
             rmdir(dir);
         }
     }
+    if (ct.cgroup_dir)
+        rmdir(ct.cgroup_dir);
 }
 
 static void record_exit(int status)
@@ -635,6 +632,7 @@ int main(int argc, char **argv)
     ct.argv[ct.argc] = NULL;
     ct.envp[ct.envc] = NULL;
     open_console();
+    open_cgroups();
 
     int sock;
     pid_t pid = clone_first(&sock);

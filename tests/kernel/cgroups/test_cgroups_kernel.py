@@ -91,8 +91,8 @@ def test_apply_places_a_task_in_every_hierarchy(cg: CgroupEnv) -> None:
     else:
         assert lines[""] == want
     assert mgr.pids() == [p.pid]
-    for f in mgr.procs_files():
-        assert Path(f).read_text().split() == [str(p.pid)]
+    for d in set(mgr.paths.values()):
+        assert Path(d, "cgroup.procs").read_text().split() == [str(p.pid)]
     mgr.create()  # idempotent on a live cgroup
     _teardown(mgr, p)
 

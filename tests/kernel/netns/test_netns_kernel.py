@@ -28,6 +28,7 @@ from lxcone.netns import (
     nic_exists,
     open_netns,
     remove_nic,
+    retire_nic,
     setup_loopback,
 )
 
@@ -119,6 +120,37 @@ def test_remove_nic_twice_and_guest_side_goes_with_host_side(host_netns, contain
     assert oracle.link(host_netns, "one-12-0") is None
     assert oracle.link(container.netns, "eth0") is None
     assert oracle.link(host_netns, "br0") is not None  # bridges outlive their ports
+
+
+def test_retire_nic_frees_name_and_bridge_port_at_once_kernel_deletes_pair_with_netns(
+        host_netns, second_container):
+    c = second_container
+    add_nic(nic0(), c.fd, host_netns)
+    index = oracle.link(host_netns, "one-12-0")["ifindex"]
+
+    retire_nic("one-12-0", host_netns)
+
+    assert oracle.link(host_netns, "one-12-0") is None  # the name is free for the next deploy
+    retired = oracle.link(host_netns, f"lxz{index:x}")
+    assert retired is not None and "master" not in retired and not oracle.is_up(retired)
+    retire_nic("one-12-0", host_netns)  # gone: nothing to do
+    # The container dies: the kernel deletes the pair with its netns.
+    os.close(c.fd)
+    c.proc.kill()
+    c.proc.wait(timeout=10)
+    c.fd = os.open("/dev/null", os.O_RDONLY)  # for the fixture's teardown
+    deadline = time.monotonic() + 10
+    while oracle.link(host_netns, f"lxz{index:x}") is not None:
+        assert time.monotonic() < deadline, "the retired veth outlived its container's netns"
+        time.sleep(0.05)
+
+
+def test_retire_nic_refuses_what_is_not_a_veth(host_netns):
+    ensure_bridge("br0", host_netns)
+    with pytest.raises(NetnsError) as ei:
+        retire_nic("br0", host_netns)
+    assert ei.value.errno == errno.EINVAL
+    assert oracle.link(host_netns, "br0") is not None
 
 
 def test_hot_add_second_nic_eth1_with_ipv6_default_route(host_netns, container):

@@ -26,12 +26,6 @@ from lxcone.testing.helpers import sh, wait_for
 pytestmark = [pytest.mark.root, needs_root]
 
 
-
-
-
-
-
-
 def host_ids(pid: int) -> tuple[int, int]:
     with open(f"/proc/{pid}/status") as f:
         fields = dict(line.split(":", 1) for line in f if ":" in line)
@@ -85,6 +79,16 @@ def test_exec_returns_exit_code_output_and_stderr(runtime, busybox_rootfs):
         runtime.exec("ct1", ["/no/such/command"])
     with pytest.raises(TimeoutError):
         runtime.exec("ct1", ["sleep", "30"], timeout=0.3)
+
+
+def test_stop_waits_until_init_can_receive_the_signal(runtime, busybox_rootfs):
+    # From outside its pid namespace, init only receives signals it handles or blocks: a stop
+    # signal sent before it sets its handler is dropped, and the stop would time out and kill.
+    # This init sets its trap only after 0.5 s; the stop is asked at once.
+    init = ["/bin/sh", "-c", "sleep 0.5; trap 'exit 7' USR2; while :; do sleep 0.05; done"]
+    runtime.run(spec(busybox_rootfs, init=init, stop_signal=signal.SIGUSR2))
+    s = runtime.stop("ct1", timeout=5)
+    assert (s.status, s.exit) == ("stopped", "exited 7")
 
 
 def test_exec_joins_the_container_cgroups(runtime, busybox_rootfs):
@@ -346,10 +350,18 @@ def test_monitors_are_reaped_even_when_the_container_stopped_on_its_own(runtime,
 
 
 def test_init_is_born_in_every_container_cgroup(runtime, busybox_rootfs, cgroup_parent):
-    # v2 (the unified side of this hybrid host) through clone3(CLONE_INTO_CGROUP), v1 through
-    # cgroup.procs before init may run: seen from the host, every line names the container.
+    # v2 (the unified side of this hybrid host) through clone3(CLONE_INTO_CGROUP), v1 by init
+    # writing "0" to each "tasks" file first thing: seen from the host, every line names the
+    # container, and a reboot (clone again) keeps it so.
     s = runtime.run(spec(busybox_rootfs))
-    lines = Path(f"/proc/{s.pid}/cgroup").read_text().split()
+    _assert_in_container_cgroups(s.pid, cgroup_parent)
+    runtime.exec("ct1", ["/bin/sh", "-c", "reboot"])
+    wait_for(lambda: runtime.state("ct1").pid not in (None, s.pid), timeout=15, what="new init")
+    _assert_in_container_cgroups(runtime.state("ct1").pid, cgroup_parent)
+
+
+def _assert_in_container_cgroups(pid: int, cgroup_parent: str) -> None:
+    lines = Path(f"/proc/{pid}/cgroup").read_text().split()
     assert lines, "no cgroup lines"
     for line in lines:
         path = line.split(":", 2)[2]

@@ -62,7 +62,7 @@ def test_from_paths_round_trips_through_json(any_tree: FakeTree, kernel: object)
     again = from_paths(json.loads(saved))
     assert type(again) is type(mgr)
     assert again.paths == mgr.paths
-    assert again.procs_files() == mgr.procs_files()
+    assert again.join_files() == mgr.join_files()
     assert again.unified_dir() == mgr.unified_dir()
     assert again.pids() == [99]
     assert again.exists()

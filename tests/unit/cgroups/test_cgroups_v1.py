@@ -42,7 +42,8 @@ def test_paths_cover_every_hierarchy_once(v1_tree: FakeTree) -> None:
     assert mgr.paths["memory"] == f"{r}/memory/lxcone-test/sub/one-1"
     assert mgr.paths["name=systemd"] == f"{r}/systemd/lxcone-test/sub/one-1"
     assert "unified" not in mgr.paths
-    assert len(mgr.procs_files()) == 9
+    assert mgr.join_files() == [d + "/tasks" for d in cg_base.distinct(list(mgr.paths.values()))]
+    assert len(mgr.join_files()) == 9
     assert mgr.unified_dir() is None
 
 
@@ -50,16 +51,17 @@ def test_comounted_paths_share_one_directory(comounted_tree: FakeTree) -> None:
     mgr = _mgr(comounted_tree)
     assert mgr.paths["cpu"] == mgr.paths["cpuacct"]
     assert mgr.paths["net_cls"] == mgr.paths["net_prio"]
-    files = mgr.procs_files()
+    files = mgr.join_files()
     assert len(files) == len(set(files)) == 9  # 8 mounts + name=systemd
 
 
 def test_hybrid_adds_the_unified_directory(hybrid_tree: FakeTree) -> None:
     mgr = _mgr(hybrid_tree)
     assert mgr.paths["unified"] == f"{hybrid_tree.root}/unified/lxcone-test/sub/one-1"
-    assert mgr.procs_files()[-1] == mgr.paths["unified"] + "/cgroup.procs"
-    # Not pure v2: clone3(CLONE_INTO_CGROUP) alone would miss the v1 hierarchies.
-    assert mgr.unified_dir() is None
+    # Init is born there with clone3(CLONE_INTO_CGROUP), and joins only the v1 ones itself.
+    assert mgr.unified_dir() == mgr.paths["unified"]
+    assert all(f.endswith("/tasks") and "/unified/" not in f for f in mgr.join_files())
+    assert len(mgr.join_files()) == 9
 
 
 def test_create_is_idempotent_and_copies_cpuset_into_every_new_level(
@@ -99,8 +101,8 @@ def test_apply_writes_the_pid_to_every_procs_file(hybrid_tree: FakeTree, kernel:
     mgr = _mgr(hybrid_tree)
     mgr.create()
     mgr.apply(4242)
-    for f in mgr.procs_files():
-        assert Path(f).read_text() == "4242\n"
+    for d in {*mgr.paths.values()}:
+        assert Path(d, "cgroup.procs").read_text() == "4242\n"
     assert mgr.pids() == [4242]
 
 

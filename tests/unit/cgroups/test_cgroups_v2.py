@@ -34,7 +34,7 @@ def test_paths_and_clone_into_cgroup_dir(v2_tree: FakeTree) -> None:
     mgr = _mgr(v2_tree)
     leaf = f"{v2_tree.root}/lxcone-test/sub/one-1"
     assert mgr.paths == {"unified": leaf}
-    assert mgr.procs_files() == [leaf + "/cgroup.procs"]
+    assert mgr.join_files() == []  # born in it: clone3(CLONE_INTO_CGROUP)
     assert mgr.unified_dir() == leaf
 
 
