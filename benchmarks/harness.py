@@ -229,7 +229,11 @@ class Driver:
             f"shutdown_timeout_s = {SHUTDOWN_TIMEOUT_S}\n"
             f'datastores = "{self.datastores}"\nagent = {"true" if agent else "false"}\n')
         self.python = sys.executable
-        self.env = {**os.environ, "LXCONE_PYTHON": self.python, "LXCONE_CONFIG": str(self.cfg)}
+        from lxcone import native
+
+        # As installed: the shim on the C client (`python -m lxcone.install remotes` names it).
+        self.env = {**os.environ, "LXCONE_PYTHON": self.python, "LXCONE_CLIENT": native.CLIENT,
+                    "LXCONE_CONFIG": str(self.cfg)}
         # the in-process runtime on the same run dir: the oracle for states, and the cleanup
         self.ours = Ours(self.run_dir, cgroup_parent, host_netns, rootfs)
         self.vm_ids: set[int] = set()

@@ -327,7 +327,8 @@ def test_driver_cancel_lxcone(benchmark, drv, driver_image):
     vm = OursVm(drv, OURS_BASE[drv.variant] + CANCEL, driver_image)
     try:
         bench(benchmark, expect(vm.cancel), vm.ensure_deployed, vm.check_released, R_STOP,
-              "lxcone", "cancel: SIGKILL, wait until gone, veth and cgroups removed, record "
+              "lxcone", "cancel: SIGKILL, wait until gone, cgroups removed, veth off the bridge "
+              "(the kernel deletes it with the netns), record "
               f"deleted, rootfs unmounted and its loop device freed; {how(drv)}",
               **ours_info(drv))
     finally:

@@ -19,6 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from lxcone import native
 from lxcone.images.busybox import build_rootfs
 from lxcone.runtime import Runtime
 from lxcone.testing.vmxml import action_data, disk, nic, vm_xml
@@ -113,7 +114,7 @@ def run_demo() -> int:
                           f'datastores = "{work / "datastores"}"\nstop_signal = "SIGUSR2"\n'
                           "shutdown_timeout_s = 20\nagent = true\n")
         oned = _Oned({**os.environ, "LXCONE_PYTHON": sys.executable,
-                      "LXCONE_CONFIG": str(config)}, vm_dir)
+                      "LXCONE_CLIENT": native.CLIENT, "LXCONE_CONFIG": str(config)}, vm_dir)
         _say(f"2. host side: netns {host_ns}, bridge {BRIDGE} {BRIDGE_IP}/24")
         pr_netns.create(host_ns)
         index = ensure_bridge(BRIDGE, rt.host_netns)

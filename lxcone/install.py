@@ -2,7 +2,8 @@
 
 - ``remotes`` (front-end): copies this project's ``remotes/`` tree into OpenNebula's remotes
   (``/var/lib/one/remotes``), which oned then copies to every host's ``/var/tmp/one``, and
-  records the interpreter in ``etc/vmm/lxcone/python`` for the action shim and the probes.
+  records the interpreter in ``etc/vmm/lxcone/python`` for the action shim and the probes, and
+  the C client of the agent (``<lxcone>/native/lxcone-client``) in ``etc/vmm/lxcone/client``.
 - ``host`` (each host): the sudoers drop-in that lets ``oneadmin`` run the driver's Python entry
   points as root, and the systemd unit of the resident agent (and, optionally, the exporter's).
 - ``uninstall`` (front-end): removes what ``remotes`` installed, as recorded in its manifest.
@@ -43,9 +44,10 @@ ROOTS = ("vmm/lxcone", "im/lxcone.d", "im/lxcone-probes.d", "etc/vmm/lxcone")
 CONFIG = "etc/vmm/lxcone/lxcone.toml"
 CONFIG_NEW = CONFIG + ".new"
 PYTHON_FILE = "etc/vmm/lxcone/python"
+CLIENT_FILE = "etc/vmm/lxcone/client"
 MANIFEST = "etc/vmm/lxcone/install-manifest"
 # Never copied from the source tree: written by the installer (or local leftovers).
-GENERATED = {PYTHON_FILE, MANIFEST, CONFIG_NEW}
+GENERATED = {PYTHON_FILE, CLIENT_FILE, MANIFEST, CONFIG_NEW}
 SKIPPED_NAMES = {"__pycache__"}
 SKIPPED_SUFFIXES = (".pyc", "~", ".swp", ".tmp")
 
@@ -411,6 +413,9 @@ def cmd_remotes(args: argparse.Namespace) -> int:
                     f"{os.path.join(prefix, CONFIG_NEW)} (compare them; --force-config replaces "
                     "yours)")
     files.append(Entry(PYTHON_FILE, "file", (python + "\n").encode(), 0o644))
+    client = find_client(python, args.client)
+    if client is not None:
+        files.append(Entry(CLIENT_FILE, "file", (client + "\n").encode(), 0o644))
 
     own_dirs = [e.rel for e in source if e.kind == "dir"]
     preflight(prefix, [*(Entry(d, "dir") for d in own_dirs), *files])
@@ -466,6 +471,36 @@ def cmd_remotes(args: argparse.Namespace) -> int:
     else:
         print(f"remotes: {prefix} is up to date, nothing changed")
     return 0
+
+
+def find_client(python: str, explicit: str | None) -> str | None:
+    """The C client of the agent for the shim (``--client``, else ``<lxcone>/native/lxcone-
+    client`` of ``python``, asked with probe_python), or None with a note: the shim then runs
+    the Python client, as it does whenever the named file is not executable on a host."""
+    if explicit is not None:
+        client = check_path("--client", explicit)
+        if not os.path.exists(client):
+            note(f"{client} does not exist on this machine: it must be the lxcone-client of "
+                 "every host (the same path on all of them)")
+        return client
+    fix = ("actions use the Python client; --client <lxcone package>/native/lxcone-client "
+           "names the C one")
+    if not os.path.exists(python):
+        note(f"cannot ask {python} where its lxcone-client is (not on this machine): {fix}")
+        return None
+    try:
+        pkg_dir, _ = probe_python(python, None)
+    except InstallError as exc:
+        note(f"{exc}: {fix}")
+        return None
+    client = os.path.join(pkg_dir, "native", "lxcone-client")
+    if not (os.path.isfile(client) and os.access(client, os.X_OK)):
+        note(f"{client} is not built (pip install rebuilds it): {fix}")
+        return None
+    if not SAFE_PATH.fullmatch(client):
+        note(f"{client!r} has characters the installer does not write into paths: {fix}")
+        return None
+    return client
 
 
 def _owner_for_files(name: str) -> Owner | None:
@@ -829,6 +864,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"OpenNebula's remotes directory (default {DEFAULT_PREFIX})")
     r.add_argument("--python", help="the interpreter that has lxcone installed, as a path valid "
                                     "on every host (default: this one)")
+    r.add_argument("--client", help="the C client of the agent, as a path valid on every host "
+                                    "(default: <lxcone package>/native/lxcone-client of "
+                                    "--python, when that interpreter is on this machine)")
     r.add_argument("--owner", default=DEFAULT_USER,
                    help=f"owner of the installed files, if that user exists (default "
                         f"{DEFAULT_USER})")

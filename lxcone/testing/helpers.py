@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import importlib.machinery
+import importlib.util
 import time
+import types
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from lxcone.images.busybox import STOP_SIGNAL
@@ -31,3 +35,17 @@ def wait_for(pred: Callable[[], object], timeout: float = 10.0, what: str = "con
             return
         time.sleep(0.02)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+#: The Python client of the agent (a script in remotes/, not a module of the package).
+PYTHON_CLIENT = Path(__file__).resolve().parents[2] / "remotes" / "vmm" / "lxcone" / "lxcone-client"
+
+
+def load_python_client(name: str = "lxcone_client") -> types.ModuleType:
+    """remotes/vmm/lxcone/lxcone-client loaded as a module, for tests of its functions."""
+    loader = importlib.machinery.SourceFileLoader(name, str(PYTHON_CLIENT))
+    spec = importlib.util.spec_from_loader(name, loader)
+    assert spec is not None
+    mod = importlib.util.module_from_spec(spec)
+    loader.exec_module(mod)
+    return mod

@@ -4,33 +4,47 @@ system datastore holding a VM's disks."""
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-from contract.oned import loops_backed_by, mounts_under, running_agent
+from contract.oned import (
+    loops_backed_by,
+    mounts_under,
+    python_client_runs,
+    recording_python,
+    running_agent,
+)
 
 
 @pytest.fixture(params=["in-process", "agent"])
 def driver(request, tmp_path, runtime):
     """The driver configured onto the test's run dir, cgroup parent and host netns; every test
-    runs twice: each action in its own process (``agent = false``), and through a resident
-    agent that the test starts (the agent's log then proves it served the actions)."""
+    runs twice: each action in its own process (``agent = false``) through the Python client
+    (no LXCONE_CLIENT), and through a resident agent that the test starts, with the shim on the
+    C client (``native.CLIENT``). The agent's log proves it served the actions, the
+    interpreter's log which client ran them: the C one starts no Python on the agent's path."""
     cfg = tmp_path / "lxcone.toml"
     cfg.write_text(f'run_dir = "{runtime.run_dir}"\ncgroup_parent = "{runtime.cgroup_parent}"\n'
                    f'host_netns = "{runtime.host_netns}"\nstop_signal = "SIGUSR2"\n'
                    "shutdown_timeout_s = 10\n"
                    f"agent = {'true' if request.param == 'agent' else 'false'}\n")
-    env = {**os.environ, "LXCONE_PYTHON": sys.executable, "LXCONE_CONFIG": str(cfg)}
+    python, runs = recording_python(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "LXCONE_CLIENT"}
+    env.update(LXCONE_PYTHON=python, LXCONE_CONFIG=str(cfg))
     if request.param == "in-process":
         yield env, cfg
         assert not (Path(runtime.run_dir) / "agent.sock").exists(), "agent = false started one"
+        assert python_client_runs(runs), "the actions did not go through the Python client"
         return
+    from lxcone import native
+
+    env["LXCONE_CLIENT"] = native.CLIENT
     with running_agent(cfg, runtime.run_dir) as log:
         yield env, cfg
     served = [line for line in log.read_text().splitlines() if " exit " in line]
     assert served, "the agent served no action: the client ran them itself"
+    assert python_client_runs(runs) == [], "the C client left actions to the Python client"
 
 
 @pytest.fixture

@@ -5,10 +5,15 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import fcntl
+import os
 import shlex
 import signal
+import socket
+import struct
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -71,6 +76,63 @@ def running_agent(cfg: Path, run_dir: str) -> Iterator[Path]:
         agent.send_signal(signal.SIGTERM)
         assert agent.wait(60) == 0, log.read_text()
     assert not sock.exists(), "the agent left its socket behind"
+
+
+def recording_python(where: Path) -> tuple[str, Path]:
+    """A stand-in for LXCONE_PYTHON that logs each run (its argv, one line) and execs this
+    interpreter: (its path, its log). Which client ran an action, C or Python, shows there: the
+    C client starts no Python on the agent's path, and runs ``<python> -I -S .../lxcone-client``
+    for everything else."""
+    log = where / "python-runs.log"
+    python = where / "python"
+    python.write_text(f'#!/bin/sh\necho "$*" >> {shlex.quote(str(log))}\n'
+                      f'exec {shlex.quote(sys.executable)} "$@"\n')
+    python.chmod(0o755)
+    return str(python), log
+
+
+def python_client_runs(log: Path) -> list[str]:
+    """The runs of the Python client that ``recording_python`` logged."""
+    return [x for x in log.read_text().splitlines() if "lxcone-client" in x] \
+        if log.exists() else []
+
+
+@contextlib.contextmanager
+def agent_of_another_version(run_dir: str) -> Iterator[list[int]]:
+    """An agent of another version on the run dir: it holds the agent lock (so no agent of
+    ours can start) and resets every connection after reading 4 bytes, as ours does with an
+    unknown MAGIC. Yields a list that gets one item per connection."""
+    os.makedirs(run_dir, 0o711, exist_ok=True)
+    resets: list[int] = []
+    lock = os.open(os.path.join(run_dir, "agent.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                   0o600)
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    sock = socket.socket(socket.AF_UNIX)
+    path = os.path.join(run_dir, "agent.sock")
+    sock.bind(path)
+    sock.listen(16)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(4)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            resets.append(1)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield resets
+    finally:
+        sock.shutdown(socket.SHUT_RDWR)
+        sock.close()
+        thread.join(10)
+        os.unlink(path)
+        os.close(lock)
 
 
 def loops_backed_by(prefix: str) -> list[str]:

@@ -1,31 +1,22 @@
-"""The agent's wire format and the thin client's config scan (pure, no root)."""
+"""The agent's wire format and the thin clients' config scans, Python and C (pure, no root)."""
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
+import os
+import re
 import socket
+import subprocess
 import tomllib
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from lxcone import native
 from lxcone.agent import wire
+from lxcone.testing.helpers import PYTHON_CLIENT, load_python_client
 
-CLIENT = Path(__file__).resolve().parents[3] / "remotes" / "vmm" / "lxcone" / "lxcone-client"
-
-
-def load_client():
-    loader = importlib.machinery.SourceFileLoader("lxcone_client", str(CLIENT))
-    spec = importlib.util.spec_from_loader("lxcone_client", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
-
-
-client = load_client()
+client = load_python_client()
 
 
 def roundtrip_request(raw: bytes) -> list[bytes]:
@@ -107,8 +98,95 @@ def test_the_scan_never_disagrees_with_toml(tmp_path_factory, body):
 
 def test_a_missing_config_means_the_defaults(tmp_path):
     assert client.scan_config(str(tmp_path / "none.toml")) == ("/run/lxcone", True)
+    assert c_scan(tmp_path / "none.toml") == ("/run/lxcone", True)
 
 
 def test_the_shipped_sample_scans_to_its_defaults():
-    sample = CLIENT.parents[2] / "etc" / "vmm" / "lxcone" / "lxcone.toml"
+    sample = PYTHON_CLIENT.parents[2] / "etc" / "vmm" / "lxcone" / "lxcone.toml"
     assert client.scan_config(str(sample)) == ("/run/lxcone", True)
+    assert c_scan(sample) == ("/run/lxcone", True)
+
+
+# -- the C client's scan (lxcone-client --scan-config PATH) --------------------------------------
+
+
+def c_scan(path) -> tuple[str | None, bool]:
+    """(run_dir, agent) as the C client reads them, or (None, False) when it is not sure."""
+    assert os.access(native.CLIENT, os.X_OK), f"{native.CLIENT} is not built: pip install -e ."
+    out = subprocess.run([native.CLIENT, "--scan-config", str(path)], capture_output=True,
+                         timeout=10, check=True).stdout
+    if out == b"?\n":
+        return None, False
+    agent, _, run_dir = out.decode().removesuffix("\n").partition("\t")
+    assert agent in ("true", "false"), out
+    return run_dir, agent == "true"
+
+
+# What the C scan must refuse or read right besides the simple form above: spellings of a key
+# that TOML reads as run_dir or agent, strings that span lines and hide `key = value` lines,
+# escapes, whitespace and line breaks that are Python's but not TOML's, bytes that are not
+# UTF-8 or are control characters, arrays and inline tables, empty values.
+c_lines = st.one_of(
+    lines.map(str.encode),
+    path_text.map(lambda p: f'run_dir = "{p}"\r'.encode()),  # CRLF once joined
+    st.sampled_from([
+        b'"run_dir" = "/quoted"', b"'agent' = false", b"run_dir.x = 1", b"agent . x = 1",
+        b"x = '''", b"'''", b"y = 1'''", b'x = """', b'"""', b'z = """a"""',
+        b'run_dir = """/m"""', b"run_dir = '''/lit'''", b'run_dir = "/a\\u0062"',
+        b'run_dir = "/e\\"q"', b"agent = true\xc2\xa0", b"\xc2\xa0agent = false",
+        b"agent = false\x0c", b"# comment \x7f", b"# \xff", b'run_dir = "/\xc3\xa9t\xc3\xa9"',
+        b'run_dir = "/\xed\xa0\x80"', b'run_dir = "/n\xc2\x85el"', b'run_dir = "/l\xe2\x80\xa8s"',
+        b"agent = false\r", b"\r", b"x = [1, 2]", b"x = [", b"1,", b"]", b"x = { a = 1 }",
+        b'x = ["a#b"]', b"= 5", b"agent =", b"x = 1 2", b"[[arr]]", b'run_dir = ""',
+        b"\xef\xbb\xbfagent = false", b"agent = true#c", b"agent = false # \xe2\x80\xa8",
+        b'x = "\t"', b"\tagent\t=\tfalse", b'run_dir = "/nul\x00"', b"AGENT = false",
+        b"agent = False", b'run_dir = "/x" \r',
+    ]),
+)
+
+
+SCALAR = re.compile(rb"([ \t]*([A-Za-z0-9_-]+)[ \t]*=[ \t]*)[A-Za-z0-9_+.:-]+([ \t]*(#.*)?\r?)")
+
+
+def plain_scalars(data: bytes) -> bytes:
+    """``data`` with the value of every ``key = <scalar>`` line but run_dir's and agent's made
+    0. The C scan reads the structure and leaves the spelling of other scalars (``01``, ``x``)
+    to the driver, which fails the action on a bad one whichever process runs it."""
+    out = []
+    for line in data.split(b"\n"):
+        m = SCALAR.fullmatch(line)
+        out.append(m[1] + b"0" + m[3] if m and m[2] not in (b"run_dir", b"agent") else line)
+    return b"\n".join(out)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(c_lines, max_size=6))
+def test_the_c_scan_never_disagrees_with_toml(tmp_path_factory, body):
+    """Whatever the C scan accepts is TOML (up to the spelling of other keys' scalars), and
+    tomllib reads run_dir and agent from it as the scan does."""
+    data = b"\n".join(body) + b"\n"
+    path = tmp_path_factory.mktemp("cfg") / "lxcone.toml"
+    path.write_bytes(data)
+    run_dir, agent = c_scan(path)
+    if run_dir is None:
+        assert agent is False
+        return
+    try:
+        parsed = tomllib.loads(plain_scalars(data).decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError):
+        pytest.fail(f"the C scan accepted invalid TOML {data!r}")
+    assert (run_dir, agent) == (parsed.get("run_dir", DEFAULTS["run_dir"]),
+                                parsed.get("agent", DEFAULTS["agent"])), data
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(lines, max_size=6))
+def test_the_c_scan_reads_the_simple_form_as_the_python_scan(tmp_path_factory, body):
+    """It is that scan's port: where the Python client is sure, the C client says the same
+    (it may be sure where Python is not, e.g. of a U+2028 in a string, never the reverse)."""
+    text = "\n".join(body) + "\n"
+    path = tmp_path_factory.mktemp("cfg") / "lxcone.toml"
+    path.write_text(text)
+    py = client.scan_config(str(path))
+    if py[0] is not None:
+        assert c_scan(path) == py, text

@@ -158,6 +158,52 @@ def test_the_python_file_names_the_interpreter(capsys, installed):
     assert manifest["python"] == "/opt/lxcone/.venv/bin/python"
 
 
+def test_the_client_file_names_the_c_client_of_the_interpreter(capsys, installed):
+    from lxcone import native
+
+    # PY is this checkout's venv: probe_python finds the package, whose client is built
+    assert (installed / install.CLIENT_FILE).read_text() == native.CLIENT + "\n"
+    manifest = json.loads((installed / install.MANIFEST).read_text())
+    assert install.CLIENT_FILE in manifest["files"]
+    assert stat.S_IMODE((installed / install.CLIENT_FILE).stat().st_mode) == 0o644
+    # an interpreter that is not on this machine: no client file (the shim runs the Python
+    # client), removed from an earlier install, with a note saying how to name it
+    code, out, _ = run(capsys, "remotes", "--prefix", str(installed), "--owner", NO_USER,
+                       "--python", "/opt/lxcone/.venv/bin/python")
+    assert code == 0
+    assert not (installed / install.CLIENT_FILE).exists()
+    assert f"removed {installed}/{install.CLIENT_FILE} (no longer shipped)" in out
+    assert any(x.startswith("note: cannot ask /opt/lxcone/.venv/bin/python where its "
+                            "lxcone-client is") and "--client" in x for x in out)
+    assert install.CLIENT_FILE not in json.loads((installed / install.MANIFEST).read_text())[
+        "files"]
+    # named explicitly, for hosts whose layout the front-end does not have
+    code, out, _ = run(capsys, "remotes", "--prefix", str(installed), "--owner", NO_USER,
+                       "--python", "/opt/lxcone/.venv/bin/python", "--client",
+                       "/opt/lxcone/lxcone/native/lxcone-client")
+    assert code == 0
+    assert (installed / install.CLIENT_FILE).read_text() == \
+        "/opt/lxcone/lxcone/native/lxcone-client\n"
+    assert any(x.startswith("note: /opt/lxcone/lxcone/native/lxcone-client does not exist on "
+                            "this machine") for x in out)
+    code, _, err = run(capsys, "remotes", "--prefix", str(installed), "--client", "rel/client")
+    assert "--client" in one_error(code, err)
+
+
+def test_an_interpreter_without_lxcone_gets_no_client_file(capsys, prefix):
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        pytest.skip("no system python3")
+    if subprocess.run([python, "-I", "-c", "import lxcone"], capture_output=True,
+                      check=False).returncode == 0:
+        pytest.skip(f"{python} has lxcone installed")
+    code, out, _ = run(capsys, "remotes", "--prefix", str(prefix), "--create", "--owner",
+                       NO_USER, "--python", python)
+    assert code == 0
+    assert not (prefix / install.CLIENT_FILE).exists()
+    assert any(f"{python} -I cannot load lxcone" in x and "Python client" in x for x in out)
+
+
 def test_a_modified_config_is_never_overwritten(capsys, installed):
     cfg = installed / install.CONFIG
     mine = 'run_dir = "/srv/lxcone"\n'
@@ -256,6 +302,7 @@ def test_uninstall_removes_everything_it_installed(capsys, installed):
     assert (code, err) == (0, "")
     assert list(installed.iterdir()) == []  # the --create'd vmm/, im/, etc/ went too
     assert f"removed {installed}/vmm/lxcone/deploy" in out
+    assert f"removed {installed}/{install.CLIENT_FILE}" in out
     code, out, _ = run(capsys, "uninstall", "--prefix", str(installed))
     assert (code, out) == (0, [f"uninstall: nothing of lxcone in {installed}"])
 
@@ -415,6 +462,33 @@ def test_an_installed_action_finds_the_interpreter_from_the_python_file(capsys, 
     p = subprocess.run([str(poll), "one-7", "host", "7", "host"], input=b"", env=env,
                        capture_output=True, timeout=60, check=False, cwd=tmp_path)
     assert p.returncode != 0 and p.stderr.startswith(b"ERROR: ")
+
+
+def test_an_installed_action_runs_the_client_the_client_file_names(tmp_path, installed):
+    # Stand-ins that say how they were run: the shim passes the client the interpreter and
+    # its own directory; without a usable client file it runs the Python client itself.
+    for name in ("client", "python"):
+        fake = tmp_path / name
+        fake.write_text(f'#!/bin/sh\necho {name} "$@"\n')
+        fake.chmod(0o755)
+    (installed / install.PYTHON_FILE).write_text(f"{tmp_path}/python\n")
+    (installed / install.CLIENT_FILE).write_text(f"{tmp_path}/client\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LXCONE_", "PYTHON"))}
+    vmm = installed / "vmm/lxcone"
+
+    def poll() -> str:
+        p = subprocess.run([str(vmm / "poll"), "one-7", "h"], input=b"", env=env,
+                           capture_output=True, timeout=60, check=True)
+        return p.stdout.decode()
+
+    assert poll() == f"client {tmp_path}/python {vmm} poll one-7 h\n"
+    (tmp_path / "client").chmod(0o644)  # not executable (nor absent, nor empty): Python
+    assert poll() == f"python -I -S {vmm}/lxcone-client poll one-7 h\n"
+    (installed / install.CLIENT_FILE).unlink()
+    assert poll() == f"python -I -S {vmm}/lxcone-client poll one-7 h\n"
+    env["LXCONE_CLIENT"] = str(tmp_path / "client")  # wins over the file
+    (tmp_path / "client").chmod(0o755)
+    assert poll() == f"client {tmp_path}/python {vmm} poll one-7 h\n"
 
 
 @needs_root
