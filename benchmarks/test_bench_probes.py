@@ -2,7 +2,10 @@
 
 LXCoNe: the two probe executables (remotes/im/lxcone-probes.d/vm/{monitor,status}) run as
 onemonitord's client runs them: one process each, argv ``lxcone <host id> <host name>``, the
-MONITOR_CONFIGURATION XML on stdin, stdout captured. 100 of our containers run meanwhile.
+MONITOR_CONFIGURATION XML on stdin, stdout captured, no LXCONE_RUN_DIR. As on a host, they run
+from a remotes tree (symlinks to this checkout's launcher) whose etc/vmm/lxcone/lxcone.toml is
+the shipped one with run_dir set to the benchmark's run dir, so each run reads that file. 100
+of our containers run meanwhile.
 
 LXC: what OpenNebula's LXC driver pays per container per poll, ``lxc-info -n <c> -S`` for each
 of 100 LXC 5.0 containers (busybox, private lxcpath, ``lxc.net.0.type = empty``), spawned one
@@ -41,17 +44,36 @@ XML = (b"<MONITOR_CONFIGURATION><DATASTORE_LOCATION><![CDATA[/var/lib/one//datas
 RESULTS: dict[str, float] = {}
 
 
+def remotes_tree(root: Path, run_dir: Path) -> Path:
+    """<root>/im/lxcone-probes.d/vm/{monitor,status}/... -> this checkout's launcher, and
+    <root>/etc/vmm/lxcone/lxcone.toml: the shipped file with our run_dir."""
+    for group in ("vm/monitor", "vm/status"):
+        d = root / "im" / "lxcone-probes.d" / group
+        d.mkdir(parents=True, exist_ok=True)
+        link = d / f"lxcone-{group.replace('/', '-')}"
+        if not link.is_symlink():
+            link.symlink_to(PROBES / "lxcone-probe")
+    sample = (PROBES.parents[1] / "etc" / "vmm" / "lxcone" / "lxcone.toml").read_text()
+    assert '\nrun_dir = "/run/lxcone"\n' in sample
+    cfg = root / "etc" / "vmm" / "lxcone" / "lxcone.toml"
+    cfg.parent.mkdir(parents=True, exist_ok=True)
+    cfg.write_text(sample.replace('\nrun_dir = "/run/lxcone"\n', f'\nrun_dir = "{run_dir}"\n'))
+    return root / "im" / "lxcone-probes.d"
+
+
 class Fleet:
-    def __init__(self, ours: harness.Ours, lxc: peers.Lxc, bench_id: str) -> None:
+    def __init__(self, ours: harness.Ours, lxc: peers.Lxc, bench_id: str,
+                 workdir: Path) -> None:
         self.ours = ours
         self.lxc = lxc
         self.ours_names = [f"one-{i}" for i in range(N)]
         self.lxc_names = [f"lxb{bench_id}-p{i}" for i in range(N)]
-        self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LXCONE_RUN_DIR": str(ours.run_dir)}
+        self.probes = remotes_tree(workdir / "var-tmp-one", ours.run_dir)
+        self.env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
         self.state_dir = ours.run_dir / ".monitor"
 
     def probe(self, group: str) -> bytes:
-        exe = PROBES / group / f"lxcone-{group.replace('/', '-')}"
+        exe = self.probes / group / f"lxcone-{group.replace('/', '-')}"
         r = subprocess.run([str(exe), "lxcone", "0", "node1"], input=XML, capture_output=True,
                            env=self.env, check=False)
         if r.returncode != 0:
@@ -71,8 +93,8 @@ class Fleet:
 
 
 @pytest.fixture(scope="module")
-def fleet(ours, lxc, bench_id):
-    f = Fleet(ours, lxc, bench_id)
+def fleet(ours, lxc, bench_id, workdir):
+    f = Fleet(ours, lxc, bench_id, workdir)
     t0 = time.monotonic()
     try:
         for name in f.ours_names:

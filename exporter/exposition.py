@@ -11,7 +11,7 @@ parse both with ``prometheus_client.parser`` and compare them, hostile label val
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator, Sequence
 
 from exporter.metrics import METRICS, MetricDef
 
@@ -52,15 +52,26 @@ def header(m: MetricDef) -> str:
 _HEADERS = tuple(header(m) for m in METRICS)
 
 
-def render(rows: Sequence[Iterable[Row]]) -> str:
-    """The exposition text for ``rows`` (one list per entry of METRICS, in that order).
+class Renderer:
+    """The exposition text, rendered from rows as a scrape goes.
 
-    Values are ints or floats; Python's ``str`` of either is a valid Go float literal (floats
-    print in shortest round-trip form). The caller encodes the result as UTF-8.
+    :meth:`add` renders rows (one list per entry of METRICS, in that order) and empties the
+    lists; :meth:`chunks` then yields the text one metric family at a time. Values are ints or
+    floats; Python's ``str`` of either is a valid Go float literal (floats print in shortest
+    round-trip form). The caller encodes the text as UTF-8.
     """
-    out: list[str] = []
-    for m, head, family in zip(METRICS, _HEADERS, rows, strict=True):
-        out.append(head)
-        name = m.name
-        out.extend([f"{name}{{{ls}}} {v}\n" if ls else f"{name} {v}\n" for ls, _, v in family])
-    return "".join(out)
+
+    def __init__(self) -> None:
+        self._parts: list[list[str]] = [[] for _ in METRICS]
+
+    def add(self, rows: Sequence[list[Row]]) -> None:
+        for m, parts, family in zip(METRICS, self._parts, rows, strict=True):
+            if family:
+                name = m.name
+                parts.append("".join([f"{name}{{{ls}}} {v}\n" if ls else f"{name} {v}\n"
+                                      for ls, _, v in family]))
+                family.clear()
+
+    def chunks(self) -> Iterator[str]:
+        for head, parts in zip(_HEADERS, self._parts, strict=True):
+            yield head + "".join(parts)

@@ -1,6 +1,6 @@
 """The ``lxcone-exporter`` command: serve the collector over HTTP until SIGTERM.
 
-    lxcone-exporter [--listen 127.0.0.1:9927] [--run-dir /run/lxcone]
+    lxcone-exporter [--listen 127.0.0.1:9927] [--run-dir DIR | --config lxcone.toml]
 
 ``GET /metrics`` returns the container metrics (rendered by the collector's fast path) followed
 by the exporter's own ``process_*`` and ``python_info`` metrics in the text format 0.0.4,
@@ -12,8 +12,12 @@ interfaces is the operator's explicit choice (``--listen 0.0.0.0:9927`` or ``[::
 Port 9927 follows OpenNebula's own exporters (9925 oned's, 9926 the libvirt one on KVM hosts),
 so an LXCoNe host that also runs KVM or the front-end has no clash.
 
-Errors in arguments print one ``ERROR: ...`` line to stderr and exit with 2; failing to listen
-(address in use, not local, unresolvable) exits with 1.
+The run dir is ``--run-dir``, else ``$LXCONE_RUN_DIR``, else ``run_dir`` of the driver's
+lxcone.toml (``--config``, default the one OpenNebula copies to the host with the remotes),
+else /run/lxcone: the precedence of the probes (lxcone.monitor.config), which read that file too.
+
+Errors in arguments (a malformed lxcone.toml included) print one ``ERROR: ...`` line to stderr
+and exit with 2; failing to listen (address in use, not local, unresolvable) exits with 1.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import socket
 import socketserver
 import sys
 import threading
+import zlib
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import NoReturn
@@ -38,9 +43,13 @@ from prometheus_client.exposition import generate_latest
 from exporter import __version__
 from exporter.collector import CgroupCollector, boot_time
 from exporter.exposition import CONTENT_TYPE
+from lxcone.monitor import config
 
 DEFAULT_LISTEN = "127.0.0.1:9927"
-DEFAULT_RUN_DIR = "/run/lxcone"
+DEFAULT_RUN_DIR = config.DEFAULT_RUN_DIR
+#: Where OpenNebula copies the driver's lxcone.toml with the remotes on a host (its default
+#: remotes dir /var/tmp/one; lxcone.install's DEFAULT_HOST_CONFIG).
+DEFAULT_CONFIG = "/var/tmp/one/" + config.CONFIG_IN_REMOTES
 
 LANDING = b"""<!doctype html>
 <html><head><title>LXCoNe exporter</title></head>
@@ -74,17 +83,16 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
+        gz = "gzip" in self.headers.get("Accept-Encoding", "")
         if path == "/metrics":
-            body, ctype = self.server.metrics_page(), CONTENT_TYPE
+            body, ctype = self.server.metrics_page(gz), CONTENT_TYPE
         elif path == "/":
             body, ctype = LANDING, "text/html; charset=utf-8"
+            if gz:
+                body = gzip.compress(body, compresslevel=1, mtime=0)
         else:
             self.send_error(404, "only /metrics is served here")
             return
-        gz = "gzip" in self.headers.get("Accept-Encoding", "")
-        if gz:
-            # Level 1: ~6x smaller (~90% of level 9's gain) for a fraction of its CPU.
-            body = gzip.compress(body, compresslevel=1, mtime=0)
         self.send_response(200)
         self.send_header("Content-Type", ctype)
         self.send_header("Content-Length", str(len(body)))
@@ -119,11 +127,18 @@ class ExporterServer(ThreadingHTTPServer):
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
 
-    def metrics_page(self) -> bytes:
-        body = self.collector.render_text().encode("utf-8")
-        if self.registry is not None:
-            body += generate_latest(self.registry)
-        return body
+    def metrics_page(self, gz: bool = False) -> bytes:
+        """The /metrics body, gzip-compressed if ``gz``. Each metric family is compressed as
+        it is rendered: the whole page (1.3 MB at 500 containers) is never built, then copied
+        to bytes, then compressed."""
+        parts = (text.encode("utf-8") for text in self.collector.render_chunks())
+        tail = [] if self.registry is None else [generate_latest(self.registry)]
+        if not gz:
+            return b"".join([*parts, *tail])
+        # Level 1: ~6x smaller (~90% of level 9's gain) for a fraction of its CPU. wbits 31:
+        # a gzip stream (header and CRC) rather than bare zlib.
+        z = zlib.compressobj(1, zlib.DEFLATED, 31)
+        return b"".join([*map(z.compress, parts), *map(z.compress, tail), z.flush()])
 
 
 class SelfCollector:
@@ -192,23 +207,41 @@ def build_parser() -> argparse.ArgumentParser:
                    metavar="HOST:PORT",
                    help=f"address to serve /metrics on (default {DEFAULT_LISTEN}, env "
                         "LXCONE_EXPORTER_LISTEN); [::1]:PORT for IPv6, :PORT for all interfaces")
-    p.add_argument("--run-dir", default=os.environ.get("LXCONE_RUN_DIR", DEFAULT_RUN_DIR),
-                   metavar="DIR",
-                   help=f"the runtime's run dir (default {DEFAULT_RUN_DIR}, env LXCONE_RUN_DIR)")
+    p.add_argument("--run-dir", metavar="DIR",
+                   help="the runtime's run dir (default: env LXCONE_RUN_DIR, else run_dir of "
+                        f"--config, else {DEFAULT_RUN_DIR})")
+    p.add_argument("--config", default=os.environ.get("LXCONE_CONFIG"), metavar="FILE",
+                   help="the driver's lxcone.toml, read for run_dir only (default: env "
+                        f"LXCONE_CONFIG, else {DEFAULT_CONFIG} if it exists)")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     return p
+
+
+def resolve_run_dir(args: argparse.Namespace) -> str:
+    """--run-dir, else $LXCONE_RUN_DIR, else run_dir of the config file, else /run/lxcone.
+    A --config (or $LXCONE_CONFIG) that does not exist is an error; the default file may be
+    missing (a host where OpenNebula has not copied the remotes yet). Raises ValueError."""
+    if args.run_dir:
+        return args.run_dir
+    path = args.config or DEFAULT_CONFIG
+    if args.config and not os.path.lexists(path):
+        raise ValueError(f"--config {path}: no such file")
+    try:
+        return config.run_dir(path)  # $LXCONE_RUN_DIR first, as for the probes
+    except config.ConfigError as e:
+        raise ValueError(str(e)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         host, port = parse_listen(args.listen)
+        run_dir = os.path.abspath(resolve_run_dir(args))
     except ValueError as e:
         print(f"ERROR: {e}", file=sys.stderr)
         return 2
-    run_dir = os.path.abspath(args.run_dir)
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
-        print(f"ERROR: --run-dir {run_dir} is not a directory", file=sys.stderr)
+        print(f"ERROR: run dir {run_dir} is not a directory", file=sys.stderr)
         return 2
     raise_fd_limit()
     collector = CgroupCollector(run_dir)

@@ -310,15 +310,19 @@ def _stdin_text() -> str:
     return data.decode("utf-8", "replace") if isinstance(data, bytes) else data
 
 
-def run(probe: str, argv: list[str]) -> str:
+def run(probe: str, argv: list[str], config_file: str | None = None) -> str:
     """The output of ``probe`` (one of PROBES) for the probe arguments ``argv``
-    (``lxcone <host id> <host name>``). Raises ProbeError when the group cannot run."""
+    (``lxcone <host id> <host name>``); ``config_file``: the driver's lxcone.toml, for the run
+    dir (config.run_dir). Raises ProbeError when the group cannot run."""
     host_id = argv[-2] if len(argv) >= 2 else ""
     if probe == "host-beacon":
         return host_beacon()
     if probe == "host-system":
         return host_system(_stdin_text())
-    run_dir = config.run_dir()
+    try:
+        run_dir = config.run_dir(config_file)
+    except config.ConfigError as e:
+        raise ProbeError(str(e)) from None
     if probe == "host-monitor":
         return host_monitor(_state_path(run_dir, probe, host_id), probe)
     if probe == "vm-status":
@@ -339,10 +343,11 @@ def probe_name(executable: str) -> str:
 
 def main(executable: str, argv: list[str]) -> int:
     """Run the probe named by ``executable``, print its output; 0 on success, 1 when the
-    whole group cannot run (message on stderr)."""
+    whole group cannot run (message on stderr). ``executable`` is the path the probe was run
+    by: it locates the remotes tree, hence the driver's lxcone.toml (config.config_path)."""
     probe = probe_name(executable)
     try:
-        out = run(probe, argv)
+        out = run(probe, argv, config.config_path(executable))
     except ProbeError as e:
         _warn(probe, str(e))
         return 1

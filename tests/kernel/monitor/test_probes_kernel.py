@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from unit.monitor.one_template import parse
+from unit.monitor.remotes_tree import make_remotes, probe
 
 from lxcone.monitor import cgroupfs, inventory, probes, rundir
 from lxcone.runtime import Bind
@@ -276,3 +277,31 @@ def test_cpu_counter_identity_changes_with_a_new_cgroup(runtime, busybox_rootfs)
     runtime.delete("one-1", force=True)
     runtime.run(spec(busybox_rootfs, "one-1"))
     assert cgroupfs.sample(paths).cpu_key not in (None, key)
+
+
+def test_probes_find_a_non_default_run_dir_in_lxcone_toml(runtime, busybox_rootfs, run_dir,
+                                                          cgroup_parent, tmp_path):
+    """As onemonitord runs them: no LXCONE_RUN_DIR, the probes next to the driver's
+    lxcone.toml in a remotes tree (<remotes>/etc/vmm/lxcone/lxcone.toml), whose run_dir is the
+    one this runtime uses (not /run/lxcone). The real container there is reported."""
+    runtime.run(spec(busybox_rootfs, "one-9"))
+    remotes = make_remotes(tmp_path / "var-tmp-one",
+                           f'run_dir = "{run_dir}"\ncgroup_parent = "{cgroup_parent}"\n'
+                           "agent = false\n")
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+
+    def run(group):
+        r = subprocess.run([str(probe(remotes, group)), "lxcone", "0", "node1"],
+                           input=XML.encode(), capture_output=True, env=env, timeout=30,
+                           check=False, cwd=tmp_path)
+        assert r.returncode == 0, (group, r.stderr)
+        return parse(r.stdout.decode())
+
+    assert ("VM", {"ID": "9", "DEPLOY_ID": "one-9", "STATE": "RUNNING"}) in run("vm/status")
+    [(name, vm)] = run("vm/monitor")
+    assert (name, vm["ID"], vm["DEPLOY_ID"]) == ("VM", "9", "one-9")
+    mon = dict(parse(base64.b64decode(vm["MONITOR"]).decode()))
+    assert int(mon["MEMORY"]) > 0 and float(mon["CPU"]) >= 0
+    # the same tree with another run dir does not see it (a missing run dir: an empty host)
+    make_remotes(remotes, f'run_dir = "{tmp_path / "other"}"\n')
+    assert [n for n, _ in run("vm/status")] == ["SYNC_STATE", "MISSING_STATE"]

@@ -217,6 +217,34 @@ def test_fast_renderer_equals_generate_latest(
             assert fast[k] == pytest.approx(v, rel=1e-15), k
 
 
+@pytest.mark.parametrize("flush_every", [1, 2, 1000])
+def test_rows_rendered_during_the_scrape_give_the_same_text(
+        v1_host: FakeHost, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch,
+        flush_every: int) -> None:
+    """render_chunks() renders the rows every FLUSH_EVERY containers: wherever the flushes fall,
+    the text is generate_latest's, each family in one piece, in METRICS order."""
+    for i in range(5):
+        ct = v1_host.add(f"one-{i}", nics=((f"one-{i}-0", "eth0"),))
+        v1_host.net[ct.init.pid] = {"eth0": counters(i * 100)}
+    v1_host.add("web", running=False, stopped=True)
+    v1_host.add("one-9", running=False)
+    v1_host.age()
+    c = v1_host.collector(registry)
+    monkeypatch.setattr(collector_mod, "FLUSH_EVERY", flush_every)
+    text = c.render_text()
+    dur = "lxcone_exporter_scrape_duration_seconds"
+    slow_types, slow = parse(generate_latest(registry).decode())
+    fast_types, fast = parse(text)
+    assert slow_types == fast_types
+    assert {k: v for k, v in slow.items() if k[0] != dur} == \
+        {k: v for k, v in fast.items() if k[0] != dur}
+    heads = [line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")]
+    assert heads == [m.name for m in METRICS]
+    names = [line.split("{")[0].split()[0] for line in text.splitlines() if line[0] != "#"]
+    assert [n for i, n in enumerate(names) if i == 0 or n != names[i - 1]] == \
+        [m.name for m in METRICS if m.name in set(names)]  # each family contiguous
+
+
 def test_describe_does_no_io(v1_host: FakeHost, monkeypatch: pytest.MonkeyPatch) -> None:
     v1_host.add("one-1")
     reg = CollectorRegistry(auto_describe=True)

@@ -70,6 +70,50 @@ def test_run_dir_that_is_a_file_is_refused(
     assert "not a directory" in _error_line(capsys.readouterr().err)
 
 
+def test_run_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--run-dir, else LXCONE_RUN_DIR, else run_dir of the driver's lxcone.toml (--config or
+    LXCONE_CONFIG, else the file OpenNebula copies to the host), else /run/lxcone: the
+    precedence of the probes."""
+    assert server.DEFAULT_CONFIG == "/var/tmp/one/etc/vmm/lxcone/lxcone.toml"
+    monkeypatch.delenv("LXCONE_RUN_DIR", raising=False)
+    monkeypatch.delenv("LXCONE_CONFIG", raising=False)
+    host_cfg = tmp_path / "var-tmp-one.toml"
+    monkeypatch.setattr(server, "DEFAULT_CONFIG", str(host_cfg))
+
+    def run_dir(*argv: str) -> str:
+        return server.resolve_run_dir(server.build_parser().parse_args(list(argv)))
+
+    assert run_dir() == "/run/lxcone"  # no file on this host yet
+    host_cfg.write_text('run_dir = "/srv/host"\n')
+    assert run_dir() == "/srv/host"
+    other = tmp_path / "other.toml"
+    other.write_text('# edited\nrun_dir = "/srv/other"\n[not_scanned]\n')
+    assert run_dir("--config", str(other)) == "/srv/other"
+    monkeypatch.setenv("LXCONE_CONFIG", str(other))
+    assert run_dir() == "/srv/other"
+    monkeypatch.setenv("LXCONE_RUN_DIR", "/srv/env")
+    assert run_dir("--config", str(other)) == "/srv/env"
+    assert run_dir("--run-dir", "/srv/arg", "--config", str(other)) == "/srv/arg"
+
+
+@pytest.mark.parametrize(("config", "needle"), [
+    ("run_dir = [", "Invalid value"),
+    ("run_dir = 1", "run_dir must be a string"),
+    ('run_dir = "run"', "run_dir must be an absolute path"),
+    (None, "no such file"),
+])
+def test_a_bad_config_exits_2_naming_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                        capsys: pytest.CaptureFixture[str],
+                                        config: str | None, needle: str) -> None:
+    monkeypatch.delenv("LXCONE_RUN_DIR", raising=False)
+    cfg = tmp_path / "lxcone.toml"
+    if config is not None:
+        cfg.write_text(config + "\n")
+    assert server.main(["--config", str(cfg), "--listen", "127.0.0.1:1"]) == 2
+    line = _error_line(capsys.readouterr().err)
+    assert str(cfg) in line and needle in line
+
+
 def test_port_in_use_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

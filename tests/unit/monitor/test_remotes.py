@@ -5,14 +5,18 @@ MONITOR_CONFIGURATION XML on stdin, stdouts concatenated, any non-zero exit fail
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from .conftest import FakeHost
 from .one_template import parse
+from .remotes_tree import make_remotes
+from .remotes_tree import probe as probe_in
 
 REMOTES = Path(__file__).resolve().parents[3] / "remotes" / "im"
 PROBES = REMOTES / "lxcone-probes.d"
@@ -111,3 +115,97 @@ def test_a_missing_run_dir_is_an_empty_host(group: str, tmp_path: Path) -> None:
            "LXCONE_MONITOR_STATE_DIR": str(tmp_path / "state")}
     out = run_group(group, env)
     assert all(n != "VM" for n, _ in parse(out))
+
+
+# -- the run dir from the driver's lxcone.toml -------------------------------------------------
+
+
+def run_probe(exe: Path, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(exe), "lxcone", "0", "node1"], input=XML.encode(),
+                          capture_output=True, env=env, timeout=30, check=False, cwd=cwd)
+
+
+def test_the_probes_take_run_dir_from_the_remotes_lxcone_toml(v1_host: FakeHost,
+                                                              tmp_path: Path) -> None:
+    """No LXCONE_RUN_DIR (as onemonitord runs them): the run dir is the one the operator set in
+    <remotes>/etc/vmm/lxcone/lxcone.toml, next to the probes, not /run/lxcone."""
+    v1_host.add("one-4")
+    remotes = make_remotes(tmp_path / "var-tmp-one",
+                           f'# as shipped, with the run dir changed\nrun_dir = "{v1_host.run_dir}"'
+                           '\nagent = true\ncgroup_parent = "lxcone"\n')
+    env = {"PATH": "/usr/bin:/bin"}
+    status = run_probe(probe_in(remotes, "vm/status"), env, tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert {v["DEPLOY_ID"]: v["STATE"] for n, v in parse(status.stdout.decode())
+            if n == "VM"} == {"one-4": "RUNNING"}
+    monitor = run_probe(probe_in(remotes, "vm/monitor"), env, tmp_path)
+    assert monitor.returncode == 0, monitor.stderr
+    assert [v["DEPLOY_ID"] for _, v in parse(monitor.stdout.decode())] == ["one-4"]
+    # their state went to <run dir>/.monitor, the default state dir of that run dir
+    assert sorted(os.listdir(v1_host.run_dir / ".monitor")) == ["vm-monitor-0.state",
+                                                                 "vm-status-0.state"]
+    # the environment still wins (the tests' way in)
+    env["LXCONE_RUN_DIR"] = str(tmp_path / "elsewhere")
+    status = run_probe(probe_in(remotes, "vm/status"), env, tmp_path)
+    assert status.returncode == 0 and b"one-4" not in status.stdout
+
+
+@pytest.mark.parametrize(("config", "words"), [
+    (b"run_dir = [\n", b"Invalid value"),
+    (b"run_dir = 7\n", b"run_dir must be a string"),
+    (b'run_dir = "relative/run"\n', b"run_dir must be an absolute path"),
+    (b'run_dir = "/srv/\xff"\n', b"not UTF-8 text"),
+])
+@pytest.mark.parametrize("group", ["vm/status", "vm/monitor", "host/monitor"])
+def test_a_bad_lxcone_toml_fails_the_probe_loudly(v1_host: FakeHost, tmp_path: Path,
+                                                  group: str, config: bytes,
+                                                  words: bytes) -> None:
+    """A malformed file or value must not turn into "no containers on this host": the probe
+    exits 1 (the agent then reports the group as failed) with one line naming the file."""
+    v1_host.add("one-4")
+    remotes = make_remotes(tmp_path / "var-tmp-one", config)
+    r = run_probe(probe_in(remotes, group), {"PATH": "/usr/bin:/bin"}, tmp_path)
+    cfg = remotes / "etc/vmm/lxcone/lxcone.toml"
+    assert (r.returncode, r.stdout) == (1, b"")
+    assert r.stderr.startswith(f"lxcone {group.replace('/', '-')}: {cfg}: ".encode())
+    assert words in r.stderr and r.stderr.count(b"\n") == 1
+
+
+def test_host_probes_without_a_run_dir_ignore_the_config(tmp_path: Path) -> None:
+    remotes = make_remotes(tmp_path / "var-tmp-one", b"run_dir = [\n")
+    for group in ("host/system", "host/beacon"):
+        r = run_probe(probe_in(remotes, group), {"PATH": "/usr/bin:/bin"}, tmp_path)
+        assert r.returncode == 0 and r.stdout, (group, r.stderr)
+
+
+def test_through_sudo_the_probe_still_finds_its_config(v1_host: FakeHost,
+                                                       tmp_path: Path) -> None:
+    """As oneadmin the launcher re-executes itself as root through sudo (the sudoers rule of
+    `python -m lxcone.install host`): it must hand root its own path, which locates the remotes
+    tree, not only its name. sudo is not run here (a stand-in records the command), then the
+    recorded command runs as root would run it: isolated, from another directory, no env."""
+    v1_host.add("one-4")
+    remotes = make_remotes(tmp_path / "var-tmp-one", f'run_dir = "{v1_host.run_dir}"\n')
+    (remotes / "etc/vmm/lxcone/python").write_text(sys.executable + "\n")
+    exe = probe_in(remotes, "vm/status")
+    shim = ("import os, runpy, sys\n"
+            "os.geteuid = lambda: 1000\n"
+            "real_exists = os.path.exists\n"
+            "os.path.exists = lambda p: p == '/usr/bin/sudo' or real_exists(p)\n"
+            "def execv(path, argv):\n"
+            "    print(repr((path, argv))); sys.exit(0)\n"
+            "os.execv = execv\n"
+            "sys.argv = sys.argv[1:]\n"
+            "runpy.run_path(sys.argv[0], run_name='__main__')\n")
+    r = subprocess.run(["/usr/bin/python3", "-I", "-S", "-c", shim, str(exe), "lxcone", "0",
+                        "node1"], capture_output=True, text=True, check=False, cwd=tmp_path,
+                       env={"PATH": "/usr/bin:/bin"})
+    assert r.returncode == 0, r.stderr
+    path, argv = ast.literal_eval(r.stdout)
+    assert path == "/usr/bin/sudo"
+    assert argv == ["sudo", "-n", sys.executable, "-I", "-m", "lxcone.monitor.probes", str(exe),
+                    "lxcone", "0", "node1"]
+    root = subprocess.run(argv[2:], input=XML.encode(), capture_output=True, check=False,
+                          cwd="/", env={"PATH": "/usr/bin:/bin"}, timeout=60)
+    assert root.returncode == 0, root.stderr
+    assert [v["DEPLOY_ID"] for n, v in parse(root.stdout.decode()) if n == "VM"] == ["one-4"]
