@@ -56,8 +56,8 @@ def main() -> None:
             t1 = time.perf_counter()
             for name, start, end in (("python before the spawn", t0, marks["spawn"]),
                                      ("posix_spawn (monitor)", marks["spawn"], marks["spawned"]),
-                                     ("monitor: clone3 + cgroups + maps", marks["spawned"],
-                                      marks["pid"]),
+                                     ("monitor up, cgroups made meanwhile, clone3, maps",
+                                      marks["spawned"], marks["pid"]),
                                      ("child: mounts + pivot_root + execve", marks["pid"],
                                       marks["running"]),
                                      ("return", marks["running"], t1), ("total", t0, t1)):

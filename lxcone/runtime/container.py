@@ -151,17 +151,15 @@ class Runtime:
         step; on any failure the cgroups, NICs and processes it made are gone."""
         d, s = self._load(name)
         spec = ContainerSpec.from_dict(s["spec"])
-        status = self.state(name).status
+        status = self._state_of(name, d, s).status
         if status not in (CREATED, STOPPED):
             raise InvalidTransition(name, status, "start")
         for leftover in ("init", "exit"):
             (d / leftover).unlink(missing_ok=True)
         mgr = self._cgroups(s)
-        mgr.create()
         ctl_w = status_r = -1
         monitor_pid = pid = None
         try:
-            mgr.set(spec.resources)
             if not (d / "config").exists():
                 self._write_monitor_config(d, spec, mgr)
             status_r, status_w = os.pipe2(os.O_CLOEXEC)
@@ -179,10 +177,13 @@ class Runtime:
             )
             os.close(status_w)
             os.close(ctl_r)
+            # While the monitor starts up (exec, config, console), it waits for these.
+            mgr.create()
+            mgr.set(spec.resources)
+            # Nothing to plug: the go-ahead at once, in the same write.
+            os.write(ctl_w, b"cgroups\n" if spec.nics else b"cgroups\ngo\n")
             # Buffered: with the early "go" both replies may arrive in one read.
             status = open(status_r, "rb", closefd=False)  # noqa: SIM115 (closed with the fd)
-            if not spec.nics:
-                os.write(ctl_w, b"go\n")  # nothing to plug: let the monitor go on at once
             reply = _read_line(status)
             if not reply.startswith("pid "):
                 raise _start_error(reply, name, d)
@@ -422,7 +423,9 @@ class Runtime:
     # -- state --------------------------------------------------------------------------------
 
     def state(self, name: str) -> ContainerState:
-        d, s = self._load(name)
+        return self._state_of(name, *self._load(name))
+
+    def _state_of(self, name: str, d: Path, s: dict) -> ContainerState:
         info = st.read_init(d)
         exit_ = st.read_exit(d)
         if info is None:

@@ -288,6 +288,21 @@ def test_bad_input_is_refused_and_leaves_nothing(runtime, busybox_rootfs, bad):
     assert not os.path.exists(runtime.run_dir / "ct1")
 
 
+def test_limit_the_kernel_refuses_at_start_leaves_nothing(runtime, busybox_rootfs, cgroup_parent):
+    # The cgroups are made while the monitor starts up: a refused limit must stop that monitor
+    # (EOF on its control pipe) and remove what was made.
+    cpu = os.cpu_count() or 1
+    s = spec(busybox_rootfs, resources=Resources(cpuset_cpus=str(cpu + 40)))
+    runtime.create(s)
+    with pytest.raises(OSError):
+        runtime.start("ct1")
+    assert runtime.state("ct1").status == "created"
+    assert monitor_pids(str(runtime.run_dir)) == []
+    left = [h for h in os.listdir("/sys/fs/cgroup")
+            if os.path.exists(f"/sys/fs/cgroup/{h}/{cgroup_parent}/ct1")]
+    assert left == [], f"cgroups left in {left}"
+
+
 def test_failure_inside_setup_reports_the_step_and_cleans_up(runtime, busybox_rootfs, tmp_path):
     from lxcone.runtime import Bind, StartError
 
