@@ -32,7 +32,7 @@ def uint_opt(d: fs.Dir, name: str, st: Stats, optional: bool = False) -> int | N
     if text is None:
         return None
     s = text.strip()
-    if s.isdigit():
+    if s.isascii() and s.isdigit():
         return int(s)
     try:
         return fs.parse_uint(text, fs.path_of(d, name))

@@ -140,7 +140,7 @@ def parse_max(text: str) -> int | None:
     s = text.strip()
     if s == "max":
         return None
-    if not s.isdigit():
+    if not (s.isascii() and s.isdigit()):
         raise ValueError(f"expected an unsigned integer or 'max', got {text!r}")
     return int(s)
 
@@ -165,7 +165,7 @@ def parse_cpu_max(text: str) -> tuple[int | None, int]:
     Raises ValueError on malformed content.
     """
     fields = text.split()
-    if len(fields) != 2 or not fields[1].isdigit():
+    if len(fields) != 2 or not (fields[1].isascii() and fields[1].isdigit()):
         raise ValueError(f"bad cpu.max content {text!r}")
     return parse_max(fields[0]), int(fields[1])
 

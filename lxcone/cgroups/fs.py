@@ -193,7 +193,7 @@ def parse_uint(text: str, path: str) -> int | None:
     s = text.strip()
     if s == "max":
         return None
-    if s.isdigit():
+    if s.isascii() and s.isdigit():  # str.isdigit() alone takes "²", which int() refuses
         return int(s)
     raise CgroupParseError(path, text, "expected an unsigned integer or 'max'")
 

@@ -42,6 +42,23 @@ def test_clean_name_never_lets_a_path_escape(name: str) -> None:
     assert "/" not in cleaned and cleaned not in (".", "..") and "\0" not in cleaned
 
 
+@given(st.text(max_size=12))
+def test_parse_uint_gives_a_number_or_a_parse_error_never_anything_else(text: str) -> None:
+    # "²".isdigit() is true and int("²") raises ValueError: a garbled file must still come
+    # out as CgroupParseError (a stats reader records it and goes on).
+    try:
+        value = fs.parse_uint(text, "/x/memory.max")
+    except CgroupParseError:
+        return
+    assert value is None or (isinstance(value, int) and value >= 0)
+
+
+@pytest.mark.parametrize("text", ["\u00b2", "\u0663", "1\u00b2"])
+def test_parse_uint_refuses_non_ascii_digits(text: str) -> None:
+    with pytest.raises(CgroupParseError):
+        fs.parse_uint(text, "/x/memory.max")
+
+
 def test_write_error_carries_errno_path_and_value(tmp_path: Path) -> None:
     d = tmp_path / "memory" / "lxcone" / "one-1"
     d.mkdir(parents=True)
