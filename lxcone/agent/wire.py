@@ -1,5 +1,6 @@
-"""The agent's wire format, shared by both ends (the client in remotes/ keeps its own copy of
-these few lines: it runs with ``python -I -S``, without this package on its path).
+"""The agent's wire format, shared by both ends. The two clients keep their own copy of these
+few lines: remotes/vmm/lxcone/lxcone-client runs with ``python -I -S``, without this package on
+its path, and lxcone/native/csrc/client.c is C (tests/unit/agent checks all three agree).
 
 Request:  MAGIC, u32 field count, then per field u32 length + bytes.
           Fields: config path, action, its argv..., stdin (last, possibly empty).
