@@ -11,7 +11,8 @@ from setuptools import setup
 from setuptools.command.build_ext import build_ext
 
 EXECUTABLES = {
-    "lxcone-monitor": ["lxcone/native/csrc/monitor.c", "lxcone/native/csrc/container.c"],
+    "lxcone-monitor": ["lxcone/native/csrc/monitor.c", "lxcone/native/csrc/container.c",
+                       "lxcone/native/csrc/attach.c"],
     "lxcone-client": ["lxcone/native/csrc/client.c"],
 }
 

@@ -9,6 +9,7 @@ Every failing call raises ``OSError(errno, strerror, path)`` (so ``FileNotFoundE
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -238,49 +239,59 @@ def pidfd_send_signal(pidfd: int, sig: int) -> None:
         _raise(f"pidfd_send_signal({sig})", f"pidfd {pidfd}")
 
 
-def _cstrings(items: Sequence[str], keep: list) -> object:
-    arr = ffi.new("char *[]", len(items) + 1)
-    for i, item in enumerate(items):
-        s = ffi.new("char[]", item.encode())
-        keep.append(s)
-        arr[i] = s
-    arr[len(items)] = ffi.NULL
-    keep.append(arr)
-    return arr
-
-
 def attach(pid: int, argv: Sequence[str], env: Sequence[str], *, cgroup_dir: str | None = None,
            join: Sequence[str] = (), cwd: str = "/", uid: int = 0, gid: int = 0, stdin: int = -1,
            stdout: int = -1, stderr: int = -1) -> int:
     """Start ``argv`` inside every namespace and cgroup of the container whose init is ``pid``:
     born in the v2 ``cgroup_dir`` (clone3(CLONE_INTO_CGROUP)), joining the v1 ``tasks`` files
-    ``join`` (CgroupManager.join_files).
+    ``join`` (CgroupManager.join_files). stdin/stdout/stderr: fds for the command, -1 keeps ours.
 
-    Returns the command's pid, a child of the caller: reap it with ``os.waitpid``. Raises
-    OSError with the failing step (``setns mnt``, ``execve``...) and errno.
+    The work runs in ``lxcone-monitor --attach`` (csrc/attach.c says why not in a fork of this
+    process). Returns the command's pid, a child of the caller: reap it with ``os.waitpid``.
+    Raises OSError with the failing step (``setns mnt``, ``execve``...) and errno.
     """
     if not argv:
         raise ValueError("attach needs a command")
-    keep: list = []
-    a = ffi.new("struct lxcone_attach *")
-    a.pid = pid
-    a.argv = _cstrings(argv, keep)
-    a.envp = _cstrings(env, keep)
-    a.join = _cstrings(join, keep)
-    a.n_join = len(join)
-    if cgroup_dir is not None:
-        cg_c = ffi.new("char[]", cgroup_dir.encode())
-        keep.append(cg_c)
-        a.cgroup_dir = cg_c
-    cwd_c = ffi.new("char[]", cwd.encode())
-    a.cwd = cwd_c
-    a.uid, a.gid = uid, gid
-    a.stdin_fd, a.stdout_fd, a.stderr_fd = stdin, stdout, stderr
-    ret = lib.lxcone_attach_run(a)
+    r, w = os.pipe2(os.O_CLOEXEC)
+    actions = [(os.POSIX_SPAWN_DUP2, fd, target)
+               for target, fd in enumerate((stdin, stdout, stderr)) if fd >= 0]
+    actions.append((os.POSIX_SPAWN_DUP2, w, 3))
+    try:
+        helper = os.posix_spawn(
+            MONITOR, ["lxcone-monitor", "--attach", str(pid), cgroup_dir or "", cwd, str(uid),
+                      str(gid), str(len(join)), *join, str(len(env)), *env, *argv],
+            {}, file_actions=actions)
+    finally:
+        os.close(w)
+    try:
+        with open(r, "rb", closefd=False) as f:
+            report = f.read().decode(errors="replace")
+    finally:
+        os.close(r)
+        _reap(helper)
+    fields = report.split(" ", 3)
+    if len(fields) != 4:
+        raise OSError(errno.ECHILD, f"{os.strerror(errno.ECHILD)} [attach: helper exited "
+                                    f"without a report]", argv[0])
+    ret, mid, cmd, step = int(fields[0]), int(fields[1]), int(fields[2]), fields[3].strip()
+    if mid > 0:
+        _reap(mid)
     if ret < 0:
-        step = ffi.string(a.err).decode(errors="replace")
+        if cmd > 0:
+            _reap(cmd)
         raise OSError(-ret, f"{os.strerror(-ret)} [attach: {step}]", argv[0])
-    return ret
+    return cmd
+
+
+def _reap(pid: int) -> None:
+    while True:
+        try:
+            os.waitpid(pid, 0)
+            return
+        except InterruptedError:
+            continue
+        except ChildProcessError:
+            return
 
 
 # --- storage: loop devices, BLKPG partitions, reflinks (csrc/storage.h) -------------------------

@@ -62,19 +62,6 @@ int lxcone_mount_setattr_idmap(int dfd, const char *path, unsigned int flags, in
 int lxcone_pidfd_open(int pid, unsigned int flags);
 int lxcone_pidfd_send_signal(int pidfd, int sig, unsigned int flags);
 
-struct lxcone_attach {
-    int pid;
-    const char *cgroup_dir;
-    const char *const *join;
-    int n_join;
-    char *const *argv;
-    char *const *envp;
-    const char *cwd;
-    int uid, gid;
-    int stdin_fd, stdout_fd, stderr_fd;
-    char err[256];
-};
-int lxcone_attach_run(struct lxcone_attach *a);
 
 static const char LXCONE_NATIVE_VERSION[];
 
@@ -123,13 +110,12 @@ ffibuilder.set_source(
 #include <sys/mount.h>
 #include <fcntl.h>
 #include "syscalls.h"
-#include "attach.h"
 #include "storage.h"
 static const char LXCONE_NATIVE_VERSION[] = "{_version()}";
 /* csrc/hotmount.c: its prototypes, shared with the cdef */
 {HOTMOUNT_DECLS}""",
     # setuptools wants these relative to setup.py (the build always runs from the repo root)
-    sources=["lxcone/native/csrc/attach.c", "lxcone/native/csrc/hotmount.c"],
+    sources=["lxcone/native/csrc/hotmount.c"],
     include_dirs=["lxcone/native/csrc"],
     extra_compile_args=["-O2", "-Wall"],
 )

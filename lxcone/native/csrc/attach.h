@@ -13,11 +13,16 @@ struct lxcone_attach {
     int uid, gid;             /* inside the container */
     int stdin_fd, stdout_fd, stderr_fd;
     char err[256];            /* on failure: "<call> <path>" */
+    int mid, cmd;             /* out: the joining child and the command, both children of the
+                               * helper's parent (CLONE_PARENT), -1 if not created */
 };
 
-/* Returns the pid of the command, a child of the caller (reap it with waitpid), or -errno with
- * a->err naming the failing call. Safe to call from a multithreaded process: the children only
- * make raw syscalls until exec. */
+/* Returns the pid of the command, or -errno with a->err naming the failing call. The command
+ * and the joining child are children of the caller's parent (CLONE_PARENT): run from
+ * `lxcone-monitor --attach`, whose parent reaps them. */
 int lxcone_attach_run(struct lxcone_attach *a);
+
+/* The `lxcone-monitor --attach ...` entry point (argv layout in attach.c). */
+int lxcone_attach_main(int argc, char **argv);
 
 #endif

@@ -18,6 +18,7 @@
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
+#include "attach.h"
 #include "container.h"
 #include "syscalls.h"
 
@@ -622,6 +623,8 @@ static int read_msg(const char *want)
 
 int main(int argc, char **argv)
 {
+    if (argc > 1 && !strcmp(argv[1], "--attach"))
+        return lxcone_attach_main(argc, argv);
     if (argc != 2) {
         fprintf(stderr, "usage: lxcone-monitor CONFIG (started by the lxcone runtime)\n");
         return 2;

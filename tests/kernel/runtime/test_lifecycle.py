@@ -91,6 +91,18 @@ def test_stop_waits_until_init_can_receive_the_signal(runtime, busybox_rootfs):
     assert (s.status, s.exit) == ("stopped", "exited 7")
 
 
+def test_exec_leaves_no_helper_behind(runtime, busybox_rootfs):
+    # exec runs in `lxcone-monitor --attach`, whose joining child and command are our children
+    # (CLONE_PARENT): every one of them must be reaped, whether the command ran or failed.
+    runtime.run(spec(busybox_rootfs))
+    before = set(zombie_monitor_children())
+    for _ in range(3):
+        assert runtime.exec("ct1", ["/bin/true"]).returncode == 0
+        with pytest.raises(FileNotFoundError):
+            runtime.exec("ct1", ["/no/such/command"])
+    assert set(zombie_monitor_children()) <= before
+
+
 def test_exec_joins_the_container_cgroups(runtime, busybox_rootfs):
     runtime.run(spec(busybox_rootfs))
     cg = sh(runtime, "ct1", "cat /proc/self/cgroup")
