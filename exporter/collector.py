@@ -59,6 +59,7 @@ from exporter.metrics import (
     STATS_FIELDS,
     VM_ID_LABEL,
 )
+from lxcone import procstat
 from lxcone.cgroups import StatsReader, fs
 from lxcone.monitor import inventory, netdev
 from lxcone.runtime import state as rstate
@@ -440,8 +441,9 @@ class CgroupCollector:
             pidfd = None
         # pidfd first, then the start time: the pidfd then surely refers to this init, not to
         # a process that recycled its pid after read_container() checked it.
-        if (pidfd is None or init is None or init.pid != pid
-                or rstate.proc_starttime(pid) != init.starttime):
+        st = procstat.pid_stat(pid)
+        if (pidfd is None or init is None or init.pid != pid or st is None
+                or st[1] != init.starttime):
             if pidfd is not None:
                 os.close(pidfd)
             t.key = None  # exited meanwhile: report it stopped now, reload next scrape

@@ -19,9 +19,7 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW,
                      mode)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             os.fchmod(fd, mode)
         finally:
             os.close(fd)
@@ -32,3 +30,10 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, mode: int = 0o600) -
         except OSError:
             pass
         raise
+
+
+def write_all(fd: int, data: bytes) -> None:
+    """os.write until all of ``data`` is written (a write may be short)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]

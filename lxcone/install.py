@@ -32,6 +32,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from lxcone.atomicfile import write_all
+
 DEFAULT_PREFIX = "/var/lib/one/remotes"
 DEFAULT_USER = "oneadmin"
 DEFAULT_SUDOERS = "/etc/sudoers.d/lxcone"
@@ -116,9 +118,7 @@ def write_file(path: str, data: bytes, mode: int, owner: Owner | None) -> None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
+            write_all(fd, data)
             if owner is not None:
                 os.fchown(fd, owner.uid, owner.gid)
             os.fchmod(fd, mode)  # after fchown, which may clear set-id bits

@@ -22,7 +22,8 @@ from __future__ import annotations
 import os
 
 from lxcone.monitor.cgroupfs import frozen
-from lxcone.monitor.procfs import alive, read
+from lxcone.monitor.procfs import read
+from lxcone.procstat import alive
 
 CREATED, RUNNING, FROZEN, STOPPED = "created", "running", "frozen", "stopped"
 

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-from lxcone import native
+from lxcone import native, procstat
 from lxcone.cgroups import CgroupManager, Resources, Stats, from_paths, new_manager
 from lxcone.filelock import flock
 from lxcone.runtime import state as st
@@ -721,29 +721,14 @@ def _start_error(reply: str, name: str, d: Path) -> OSError:
 
 
 def _wait_until_caught(pid: int, pidfd: int, sig: int, deadline: float) -> None:
-    """Wait, at most CATCH_WAIT_S and until ``deadline``, until init can receive ``sig``.
-
-    From outside its pid namespace, init only receives the signals it handles or blocks (and
-    SIGKILL/SIGSTOP); any other is dropped (sig_task_ignored), and the stop would then wait
-    out its whole timeout. busybox init blocks its stop signals a few hundred microseconds
-    after exec, and a stop right after the start lost its signal now and then (seen in the
-    tests). Ready means: ``sig`` in SigCgt or SigBlk, or init asleep in sigtimedwait (which
-    unblocks the awaited signals while it waits: busybox's idle state). The cap covers a kernel
+    """Wait, at most CATCH_WAIT_S and until ``deadline``, until init can receive ``sig``
+    (procstat.receives says why a stop signal sent earlier is lost). The cap covers a kernel
     that does not name wait channels (no kallsyms): the signal is then sent after it."""
-    bit = 1 << (sig - 1)
     delay = 2e-4
     deadline = min(deadline, time.monotonic() + CATCH_WAIT_S)
     while (left := deadline - time.monotonic()) > 0:
-        try:
-            with open(f"/proc/{pid}/status", "rb") as f:
-                fields = dict(line.split(b":", 1) for line in f if b":" in line)
-            with open(f"/proc/{pid}/wchan", "rb") as f:
-                waiting = b"sigtimedwait" in f.read()
-        except FileNotFoundError:
-            return  # gone
-        if (int(fields.get(b"SigBlk", b"0"), 16) | int(fields.get(b"SigCgt", b"0"), 16)) & bit \
-                or waiting:
-            return
+        if procstat.receives(pid, sig) is not False:
+            return  # it can, or it is gone
         if _wait_fd(pidfd, min(delay, left)):
             return  # init exited meanwhile
         delay = min(delay * 2, 0.05)

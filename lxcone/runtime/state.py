@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lxcone import atomicfile
+from lxcone import atomicfile, procstat
 
 STATE_FILE = "state.json"
 
@@ -35,27 +35,6 @@ def write_state(ct_dir: Path, state: dict[str, Any]) -> None:
     write_atomic(ct_dir / STATE_FILE, json.dumps(state, indent=1, sort_keys=True))
 
 
-def proc_starttime(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (clock ticks since boot), None if the pid is gone."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # comm (field 2) may contain spaces and ')' so split after the last ')'
-    rest = data[data.rindex(b")") + 2:].split()
-    return int(rest[19])
-
-
-def proc_is_zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            data = f.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return data[data.rindex(b")") + 2:data.rindex(b")") + 3] in (b"Z", b"X")
-
-
 @dataclass(frozen=True)
 class InitInfo:
     pid: int
@@ -64,7 +43,7 @@ class InitInfo:
 
     def alive(self) -> bool:
         """True if this very process (not a recycled pid) still runs."""
-        return proc_starttime(self.pid) == self.starttime and not proc_is_zombie(self.pid)
+        return procstat.alive(self.pid, self.starttime)
 
 
 def read_init(ct_dir: Path) -> InitInfo | None:

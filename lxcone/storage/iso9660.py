@@ -20,6 +20,8 @@ import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from lxcone.atomicfile import write_all
+
 SECTOR = 2048
 MAX_ENTRIES = 10000
 MAX_DEPTH = 32
@@ -241,9 +243,7 @@ def extract(read: Reader, size: int, dest: str) -> int:
                 fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW |
                              os.O_CLOEXEC, 0o600)
                 try:
-                    view = memoryview(data)
-                    while view:
-                        view = view[os.write(fd, view):]
+                    write_all(fd, data)
                     os.fchmod(fd, perm)
                 finally:
                     os.close(fd)

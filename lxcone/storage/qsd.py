@@ -25,7 +25,8 @@ import signal
 from typing import Any
 
 from lxcone import native
-from lxcone.storage.sysinfo import mount_at, proc_cmdline, proc_starttime
+from lxcone.procstat import live_starttime
+from lxcone.storage.sysinfo import mount_at, proc_cmdline
 
 QSD = "qemu-storage-daemon"
 SUN_PATH_MAX = 107
@@ -95,7 +96,7 @@ def start(image: str, export: str, pidfile: str, qmp: str, readonly: bool) -> tu
         err = next((e for hint, e in _ERRNO_HINTS if hint in msg), errno.EIO)
         raise OSError(err, f"{QSD}: {msg}", image)
     pid = read_pid(pidfile)
-    start_time = proc_starttime(pid) if pid else None
+    start_time = live_starttime(pid) if pid else None
     if pid is None or start_time is None:
         raise OSError(errno.ESRCH, f"{QSD} exited right after starting", image)
     entry = mount_at(export)
@@ -114,7 +115,7 @@ def read_pid(pidfile: str) -> int | None:
 
 def alive(pid: int, start_time: int | None, pidfile: str) -> bool:
     """The daemon ``pid`` is still the one we started (same start time, our pidfile in argv)."""
-    st = proc_starttime(pid)
+    st = live_starttime(pid)
     if st is None or (start_time is not None and st != start_time):
         return False
     return pidfile.encode() in proc_cmdline(pid)

@@ -70,19 +70,6 @@ def loop_partitions(number: int) -> list[str]:
     return sorted(n for n in names if n.startswith(prefix) and n[len(prefix):].isdigit())
 
 
-def proc_starttime(pid: int) -> int | None:
-    """Field 22 of /proc/<pid>/stat (clock ticks since boot); None if gone or a zombie."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return None
-    rest = stat[stat.rfind(b")") + 2:].split()
-    if not rest or rest[0] == b"Z":
-        return None
-    return int(rest[19])
-
-
 def proc_cmdline(pid: int) -> list[bytes]:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:

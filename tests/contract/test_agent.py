@@ -22,7 +22,7 @@ from contract.oned import (
     running_agent,
     ssh_stream,
 )
-from lxcone import native
+from lxcone import native, procstat
 from lxcone.agent import server, wire
 from lxcone.testing.fixtures import needs_root
 from lxcone.testing.helpers import wait_for
@@ -110,17 +110,6 @@ def test_containers_outlive_a_killed_agent_and_a_new_agent_manages_them(agent_cf
     assert runtime.list() == [] and loops_backed_by(str(datastore)) == []
 
 
-def receives(pid: int, sig: int) -> bool:
-    """Whether the init ``pid`` of a pid namespace gets ``sig`` from outside: only if it handles
-    or blocks it (busybox blocks its stop signals just after exec), or waits for it in
-    sigtimedwait; else the kernel drops it. Runtime.stop waits the same way, kill does not."""
-    status = dict(line.split(":", 1) for line in
-                  Path(f"/proc/{pid}/status").read_text().splitlines() if ":" in line)
-    masks = int(status["SigBlk"], 16) | int(status["SigCgt"], 16)
-    wchan = Path(f"/proc/{pid}/wchan").read_text()
-    return bool(masks & (1 << (sig - 1))) or "sigtimedwait" in wchan
-
-
 def children_of(pid: int) -> list[int]:
     return [int(c) for task in os.listdir(f"/proc/{pid}/task")
             for c in Path(f"/proc/{pid}/task/{task}/children").read_text().split()]
@@ -140,7 +129,7 @@ def test_the_agent_reaps_the_monitor_of_a_guest_that_powered_itself_off(agent_cf
         monitor = runtime.state("one-12").monitor_pid
         assert monitor in children_of(agent)  # the agent started it: its zombie is ours
         # busybox init: power off, once it can receive it (the deploy returns at its exec)
-        wait_for(lambda: receives(runtime.state("one-12").pid, signal.SIGUSR2), 10)
+        wait_for(lambda: procstat.receives(runtime.state("one-12").pid, signal.SIGUSR2), 10)
         runtime.kill("one-12", signal.SIGUSR2)
         wait_for(lambda: runtime.state("one-12").status == "stopped", 20)
         wait_for(lambda: not Path(f"/proc/{monitor}").exists(), 10)  # reaped, not a zombie

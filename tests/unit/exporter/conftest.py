@@ -44,9 +44,9 @@ from cgroups_fakefs import (
 )
 
 from exporter import CgroupCollector
+from lxcone import procstat
 from lxcone.cgroups import new_manager
 from lxcone.monitor.netdev import NetCounters
-from lxcone.runtime import state as rstate
 
 PARENT = "lxcone-test"
 MEM_USAGE = 8 << 20
@@ -139,7 +139,7 @@ class FakeHost:
         return ct
 
     def write_init(self, ct: FakeContainer, pid: int) -> None:
-        start = rstate.proc_starttime(pid)
+        start = procstat.live_starttime(pid)
         tmp = ct.ct_dir / "init.tmp"
         tmp.write_text(f"{pid} {start} {os.getpid()}\n")
         os.rename(tmp, ct.ct_dir / "init")  # by rename, as lxcone-monitor does
