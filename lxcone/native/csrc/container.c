@@ -31,15 +31,6 @@ static void fail(const char *call, const char *path)
 
 #define CHECK(expr, call, path) do { if ((expr) < 0) fail(call, path); } while (0)
 
-/* Opens a path inside the container root without ever leaving it: a hostile rootfs may hold
- * symlinks such as proc -> /etc, and in a privileged container following them would mount over
- * the host's files. RESOLVE_IN_ROOT treats the rootfs as "/" for every component. */
-static int open_in_root(int rootfd, const char *rel, int flags)
-{
-    return lxcone_openat2(rootfd, rel, (uint64_t)(flags | O_CLOEXEC),
-                          RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS);
-}
-
 /* The directory holding ``rel`` (everything before its last '/'), opened inside the root;
  * *leaf is set to the last component. */
 static int open_parent_in_root(int rootfd, char *rel, const char **leaf)
@@ -50,7 +41,7 @@ static int open_parent_in_root(int rootfd, char *rel, const char **leaf)
         return fcntl(rootfd, F_DUPFD_CLOEXEC, 3);
     }
     *slash = 0;
-    int fd = open_in_root(rootfd, rel, O_PATH | O_DIRECTORY);
+    int fd = lxcone_open_in_root(rootfd, rel, O_PATH | O_DIRECTORY);
     *slash = '/';
     *leaf = slash + 1;
     return fd;
@@ -104,7 +95,7 @@ static void mount_at(int rootfd, const char *rel, const char *src, const char *t
                      unsigned long flags, const char *data)
 {
     char target[64];
-    int fd = open_in_root(rootfd, rel, O_PATH);
+    int fd = lxcone_open_in_root(rootfd, rel, O_PATH);
     if (fd < 0)
         fail("open", rel);
     snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
@@ -116,7 +107,7 @@ static void mount_at(int rootfd, const char *rel, const char *src, const char *t
 static void bind_ro(int rootfd, const char *rel, unsigned long locked)
 {
     char target[64];
-    int fd = open_in_root(rootfd, rel, O_PATH);
+    int fd = lxcone_open_in_root(rootfd, rel, O_PATH);
     if (fd < 0) {
         if (errno == ENOENT)
             return; /* masking something the kernel does not have is fine */
@@ -127,7 +118,7 @@ static void bind_ro(int rootfd, const char *rel, unsigned long locked)
         fail("mount --bind", rel);
     /* The fd still names the mount underneath; the remount must reach the new bind. */
     close(fd);
-    fd = open_in_root(rootfd, rel, O_PATH);
+    fd = lxcone_open_in_root(rootfd, rel, O_PATH);
     if (fd < 0)
         fail("open", rel);
     snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
@@ -148,7 +139,7 @@ static const char *masked_dirs[] = {"proc/acpi", "proc/scsi", "sys/firmware", NU
 static void mask_paths(int rootfd)
 {
     for (const char **p = masked_files; *p; p++) {
-        int fd = open_in_root(rootfd, *p, O_PATH);
+        int fd = lxcone_open_in_root(rootfd, *p, O_PATH);
         if (fd < 0)
             continue;
         char target[64];
@@ -158,7 +149,7 @@ static void mask_paths(int rootfd)
         close(fd);
     }
     for (const char **p = masked_dirs; *p; p++) {
-        int fd = open_in_root(rootfd, *p, O_PATH | O_DIRECTORY);
+        int fd = lxcone_open_in_root(rootfd, *p, O_PATH | O_DIRECTORY);
         if (fd < 0)
             continue;
         char target[64];
@@ -177,7 +168,7 @@ static void setup_dev(int rootfd, const char *console_path)
     char src[64], rel[64];
     ensure_dir(rootfd, "dev");
     mount_at(rootfd, "dev", "tmpfs", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k");
-    int devfd = open_in_root(rootfd, "dev", O_PATH | O_DIRECTORY);
+    int devfd = lxcone_open_in_root(rootfd, "dev", O_PATH | O_DIRECTORY);
     if (devfd < 0)
         fail("open", "dev");
     /* mknod is refused inside a user namespace, so every node is a bind of the host's. */
@@ -216,7 +207,7 @@ static void setup_proc_sys(int rootfd)
      * container's own network namespace and init scripts set it. The net bind comes first: a
      * bind made under the read-only one would inherit its read-only flag, while the recursive
      * read-only bind below copies this one as it is and remounts only its own top. */
-    int fd = open_in_root(rootfd, "proc/sys/net", O_PATH);
+    int fd = lxcone_open_in_root(rootfd, "proc/sys/net", O_PATH);
     if (fd >= 0) {
         char target[64];
         snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
@@ -243,14 +234,14 @@ static void setup_binds(const struct lxcone_ct *ct, int rootfd, const struct lxc
             ensure_dir(rootfd, b->target);
         else
             ensure_file(rootfd, b->target);
-        int fd = open_in_root(rootfd, b->target, O_PATH);
+        int fd = lxcone_open_in_root(rootfd, b->target, O_PATH);
         if (fd < 0)
             fail("open", b->target);
         if (lxcone_move_mount(fds->binds[i], "", fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
             fail("move_mount", b->target);
         close(fd);
         if (b->readonly) {
-            fd = open_in_root(rootfd, b->target, O_PATH);
+            fd = lxcone_open_in_root(rootfd, b->target, O_PATH);
             if (fd < 0)
                 fail("open", b->target);
             char target[64];

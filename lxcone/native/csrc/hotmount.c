@@ -113,12 +113,6 @@ static void hm_ok(int fd, int code, const char *created)
     _exit(0);
 }
 
-static int hm_open_in_root(int rootfd, const char *rel, int flags)
-{
-    return lxcone_openat2(rootfd, rel, (uint64_t)(flags | O_CLOEXEC),
-                          RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS);
-}
-
 /* The directory holding rel (a copy in buf, cut at its last '/'), opened inside the root;
  * *leaf points at the last component inside buf. */
 static int hm_open_parent(int rootfd, char *buf, const char **leaf)
@@ -126,10 +120,10 @@ static int hm_open_parent(int rootfd, char *buf, const char **leaf)
     char *slash = strrchr(buf, '/');
     if (!slash) {
         *leaf = buf;
-        return hm_open_in_root(rootfd, ".", O_PATH | O_DIRECTORY);
+        return lxcone_open_in_root(rootfd, ".", O_PATH | O_DIRECTORY);
     }
     *slash = 0;
-    int fd = hm_open_in_root(rootfd, buf, O_PATH | O_DIRECTORY);
+    int fd = lxcone_open_in_root(rootfd, buf, O_PATH | O_DIRECTORY);
     *slash = '/';
     *leaf = slash + 1;
     return fd;
@@ -194,7 +188,7 @@ static void hm_attach_child(int errfd, int pidfd, int join_userns, int tree_fd, 
     if (rootfd < 0)
         hm_fail(errfd, "open", "/");
 
-    int fd = hm_open_in_root(rootfd, rel, O_PATH);
+    int fd = lxcone_open_in_root(rootfd, rel, O_PATH);
     if (fd >= 0) {
         int mounted = hm_is_mount_root(fd);
         if (mounted < 0)
@@ -233,7 +227,7 @@ static void hm_attach_child(int errfd, int pidfd, int join_userns, int tree_fd, 
                 hm_cpy(created, 0, sizeof(created), apart);
             close(pfd);
         }
-        fd = hm_open_in_root(rootfd, rel, O_PATH);
+        fd = lxcone_open_in_root(rootfd, rel, O_PATH);
         if (fd < 0)
             hm_fail(errfd, "open", target);
     } else {
@@ -292,7 +286,7 @@ static void hm_detach_child(int errfd, int pidfd, int join_userns, const char *t
     int rootfd = open("/", O_PATH | O_DIRECTORY | O_CLOEXEC);
     if (rootfd < 0)
         hm_fail(errfd, "open", "/");
-    int fd = hm_open_in_root(rootfd, rel, O_PATH);
+    int fd = lxcone_open_in_root(rootfd, rel, O_PATH);
     if (fd < 0 && errno != ENOENT)
         hm_fail(errfd, "open", target);
     if (fd >= 0) {

@@ -12,6 +12,7 @@
 #include <stdint.h>
 #include <sys/mount.h>
 #include <sys/syscall.h>
+#include <fcntl.h>
 #include <unistd.h>
 #include <linux/sched.h>
 
@@ -128,6 +129,15 @@ static inline int lxcone_openat2(int dfd, const char *path, uint64_t flags, uint
 {
     struct lxcone_open_how how = {.flags = flags, .resolve = resolve};
     return (int)syscall(SYS_openat2, dfd, path, &how, sizeof(how));
+}
+
+/* Opens a path inside a container root without ever leaving it: a hostile rootfs may hold
+ * symlinks such as proc -> /etc, and in a privileged container following them would mount over
+ * the host's files. RESOLVE_IN_ROOT treats the rootfs as "/" for every component. */
+static inline int lxcone_open_in_root(int rootfd, const char *rel, int flags)
+{
+    return lxcone_openat2(rootfd, rel, (uint64_t)(flags | O_CLOEXEC),
+                          RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS);
 }
 
 #endif
