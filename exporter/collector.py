@@ -18,8 +18,8 @@ container vanishing in the middle of a scrape is skipped and counted in
 ``lxcone_exporter_collect_errors_total{kind="vanished"}``; it never fails the scrape.
 
 Measured cost per container per scrape of the served process (hybrid v1 host, one NIC each, see
-docs/exporter.md): 86-88 us at 100 containers, 85-87 us at 500, of which at 500 the kernel takes
-~30 us for the kept cgroup files and ~15 us for /proc/<pid>/net/dev, and Python ~31 us.
+docs/exporter.md): 92 us at 100 containers, 91-93 us at 500, of which at 500 the kernel takes
+~30 us for the kept cgroup files and ~15 us for /proc/<pid>/net/dev; the rest is Python.
 Re-reading every record with ``inventory.list_containers`` would add ~60 us, hence the cache.
 """
 
