@@ -5,6 +5,7 @@ cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
   gcc libc6-dev python3-venv python3-dev   # the cffi extension and lxcone-monitor are compiled
+  musl-tools linux-libc-dev                # lxcone-monitor and lxcone-client: static musl (setup.py)
   busybox-static                           # the embedded demo/test rootfs
   iproute2 iputils-ping util-linux         # test oracles (ip -json, ping, nsenter)
   lxc crun                                 # benchmark peers
