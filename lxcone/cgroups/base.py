@@ -60,6 +60,13 @@ class CgroupManager(Protocol):
         """
         ...
 
+    def create_unified(self) -> None:
+        """Create only the cgroup2 directory (pure v2: the whole cgroup, as create() does);
+        nothing on a pure v1 host. Idempotent. A child can then be born in it through
+        clone3(CLONE_INTO_CGROUP) while create() makes the v1 directories. Raises CgroupError.
+        """
+        ...
+
     def join_files(self) -> list[str]:
         """The v1 ``tasks`` file of every distinct v1 directory ([] on pure v2).
 

@@ -360,6 +360,10 @@ class V1Manager:
         for name, d in self._v1.items():
             subsystem(name).create_hook(d)
 
+    def create_unified(self) -> None:
+        if self._unified is not None:
+            base.mkdir_p(self._unified)
+
     def join_files(self) -> list[str]:
         return [d + "/tasks" for d in base.distinct(list(self._v1.values()))]
 

@@ -254,6 +254,9 @@ class V2Manager:
             cur = cur + "/" + part
             fs.make_dir(cur)
 
+    def create_unified(self) -> None:
+        self.create()
+
     def join_files(self) -> list[str]:
         return []
 

@@ -239,6 +239,14 @@ def pidfd_send_signal(pidfd: int, sig: int) -> None:
         _raise(f"pidfd_send_signal({sig})", f"pidfd {pidfd}")
 
 
+def current_cpu() -> int:
+    """The CPU the calling thread is running on (sched_getcpu(3): the vDSO, no syscall)."""
+    cpu = lib.sched_getcpu()
+    if cpu < 0:
+        _raise("sched_getcpu")
+    return cpu
+
+
 def attach(pid: int, argv: Sequence[str], env: Sequence[str], *, cgroup_dir: str | None = None,
            join: Sequence[str] = (), cwd: str = "/", uid: int = 0, gid: int = 0, stdin: int = -1,
            stdout: int = -1, stderr: int = -1) -> int:

@@ -61,6 +61,7 @@ int lxcone_move_mount(int from_dfd, const char *from_path, int to_dfd, const cha
 int lxcone_mount_setattr_idmap(int dfd, const char *path, unsigned int flags, int userns_fd);
 int lxcone_pidfd_open(int pid, unsigned int flags);
 int lxcone_pidfd_send_signal(int pidfd, int sig, unsigned int flags);
+int sched_getcpu(void);
 
 
 static const char LXCONE_NATIVE_VERSION[];

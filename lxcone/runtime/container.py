@@ -22,6 +22,7 @@ from pathlib import Path
 from lxcone import native, procstat
 from lxcone.cgroups import CgroupManager, Resources, Stats, from_paths, new_manager
 from lxcone.filelock import flock
+from lxcone.runtime import placement
 from lxcone.runtime import state as st
 from lxcone.runtime.errors import (
     ContainerExists,
@@ -162,6 +163,7 @@ class Runtime:
         try:
             if not (d / "config").exists():
                 self._write_monitor_config(d, spec, mgr)
+            mgr.create_unified()  # init is born in it (clone3(CLONE_INTO_CGROUP))
             status_r, status_w = os.pipe2(os.O_CLOEXEC)
             ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
             monitor_pid = os.posix_spawn(
@@ -177,9 +179,11 @@ class Runtime:
             )
             os.close(status_w)
             os.close(ctl_r)
-            # While the monitor starts up (exec, config, console), it waits for these.
-            mgr.create()
-            mgr.set(spec.resources)
+            # While the monitor starts up and clones init (which waits for the go-ahead), on
+            # another CPU: from this one the monitor would wait for us.
+            with placement.off_current_cpu():
+                mgr.create()
+                mgr.set(spec.resources)
             # Nothing to plug: the go-ahead at once, in the same write.
             os.write(ctl_w, b"cgroups\n" if spec.nics else b"cgroups\ngo\n")
             # Buffered: with the early "go" both replies may arrive in one read.

@@ -258,11 +258,11 @@ static void setup_binds(const struct lxcone_ct *ct, int rootfd, const struct lxc
 static const int dropped_caps[] = {CAP_SYS_MODULE, CAP_SYS_TIME, CAP_MAC_ADMIN, CAP_MAC_OVERRIDE,
                                    CAP_SYS_RAWIO, -1};
 
-int lxcone_join_cgroups(const struct lxcone_ct *ct, const char **failed)
+int lxcone_join_cgroups(const int *fds, int n, int *failed)
 {
-    for (int i = 0; i < ct->n_cgroup_join; i++) {
-        if (write(ct->cgroup_join_fd[i], "0", 1) != 1) {
-            *failed = ct->cgroup_join[i];
+    for (int i = 0; i < n; i++) {
+        if (write(fds[i], "0", 1) != 1) {
+            *failed = i;
             return -1;
         }
     }
@@ -279,13 +279,16 @@ void lxcone_child_main(const struct lxcone_ct *ct, int sync_fd)
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    /* First of all, so that everything the child does is charged to the container. */
-    const char *cg;
-    if (lxcone_join_cgroups(ct, &cg) < 0)
-        fail("write 0", cg);
-
-    if (lxcone_recv_go(sync_fd, &fds, ct->n_binds) < 0)
+    if (lxcone_recv_go(sync_fd, &fds, ct->n_binds, ct->n_cgroup_join) < 0)
         fail("recv go", ct->name);
+    /* First of all, so that everything the child does is charged to the container. Not before
+     * the go-ahead: the monitor clones us while the runtime is still making the v1 directories
+     * (born in the v2 one), and sends their fds with it. */
+    int cg;
+    if (lxcone_join_cgroups(fds.cgroups, ct->n_cgroup_join, &cg) < 0)
+        fail("write 0", ct->cgroup_join[cg]);
+    for (int i = 0; i < ct->n_cgroup_join; i++)
+        close(fds.cgroups[i]);
     /* The cgroup namespace is made here, not by clone3: its root is the cgroup we are in at
      * that moment, and only now do we sit in the container's v1 cgroups (clone3 can only target
      * a v2 one). */
@@ -343,14 +346,25 @@ void lxcone_child_main(const struct lxcone_ct *ct, int sync_fd)
     fail("execve", ct->argv[0]);
 }
 
-int lxcone_send_go(int sock, const struct lxcone_child_fds *fds, int n_binds)
+/* The go-ahead's fds in one array: rootfs, console, cgroups..., binds... */
+static int pack_fds(const struct lxcone_child_fds *fds, int n_binds, int n_cgroups, int *all)
 {
-    int all[LXCONE_MAX_BINDS + 2];
     int n = 0;
     all[n++] = fds->rootfs;
     all[n++] = fds->console;
+    for (int i = 0; i < n_cgroups; i++)
+        all[n++] = fds->cgroups[i];
     for (int i = 0; i < n_binds; i++)
         all[n++] = fds->binds[i];
+    return n;
+}
+
+#define GO_MAX_FDS (LXCONE_MAX_BINDS + LXCONE_MAX_CGROUPS + 2)
+
+int lxcone_send_go(int sock, const struct lxcone_child_fds *fds, int n_binds, int n_cgroups)
+{
+    int all[GO_MAX_FDS];
+    int n = pack_fds(fds, n_binds, n_cgroups, all);
     char cbuf[CMSG_SPACE(sizeof(all))];
     memset(cbuf, 0, sizeof(cbuf));
     char byte = 'g';
@@ -365,10 +379,10 @@ int lxcone_send_go(int sock, const struct lxcone_child_fds *fds, int n_binds)
     return sendmsg(sock, &msg, MSG_NOSIGNAL) == 1 ? 0 : -1;
 }
 
-int lxcone_recv_go(int sock, struct lxcone_child_fds *fds, int n_binds)
+int lxcone_recv_go(int sock, struct lxcone_child_fds *fds, int n_binds, int n_cgroups)
 {
-    int all[LXCONE_MAX_BINDS + 2];
-    int n = n_binds + 2;
+    int all[GO_MAX_FDS];
+    int n = n_binds + n_cgroups + 2;
     char cbuf[CMSG_SPACE(sizeof(all))];
     char byte = 0;
     struct iovec iov = {.iov_base = &byte, .iov_len = 1};
@@ -389,9 +403,12 @@ int lxcone_recv_go(int sock, struct lxcone_child_fds *fds, int n_binds)
         return -1;
     }
     memcpy(all, CMSG_DATA(c), sizeof(int) * n);
-    fds->rootfs = all[0];
-    fds->console = all[1];
+    int k = 0;
+    fds->rootfs = all[k++];
+    fds->console = all[k++];
+    for (int i = 0; i < n_cgroups; i++)
+        fds->cgroups[i] = all[k++];
     for (int i = 0; i < n_binds; i++)
-        fds->binds[i] = all[2 + i];
+        fds->binds[i] = all[k++];
     return 0;
 }

@@ -6,11 +6,12 @@
  * executable: a forked Python process would keep its whole heap alive per container, this one
  * costs a few hundred KiB. The runtime starts it and talks to it only during start-up:
  *
- *   fd 3 (monitor -> runtime): "pid <pid>\n" once init is cloned and mapped (it joins its
- *                              cgroups itself, first thing), then "running\n" or
- *                              "error <errno> <call> <path>\n"
- *   fd 4 (runtime -> monitor): "cgroups\n" once the runtime has made the cgroups, then "go\n"
- *                              once it has plugged the NICs; EOF aborts the start
+ *   fd 3 (monitor -> runtime): "pid <pid>\n" once init is cloned (into the v2 cgroup, which the
+ *                              runtime made before starting us) and mapped, then "running\n"
+ *                              or "error <errno> <call> <path>\n"
+ *   fd 4 (runtime -> monitor): "cgroups\n" once the runtime has made the v1 cgroups and set the
+ *                              limits (meanwhile we clone), then "go\n" once it has plugged the
+ *                              NICs; EOF aborts the start
  *
  * Afterwards it only reaps init, restarts it on reboot (keeping the user and network namespaces,
  * so NICs survive, and re-reading the bind lines of its config, so hot mounts do), logs the console to <run_dir>/console.log and serves <run_dir>/console.sock.
@@ -207,18 +208,22 @@ static void write_map(pid_t pid, const char *kind, char **lines, int n)
 
 static int cgroup_fd = -1; /* O_PATH of ct.cgroup_dir, for clone3(CLONE_INTO_CGROUP) */
 
+static void open_unified(void)
+{
+    if (ct.cgroup_dir) {
+        cgroup_fd = open(ct.cgroup_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (cgroup_fd < 0)
+            die("open", ct.cgroup_dir);
+    }
+}
+
 /* Kept open for the monitor's life: a reboot clones init again into the same cgroups. */
-static void open_cgroups(void)
+static void open_join_files(void)
 {
     for (int i = 0; i < ct.n_cgroup_join; i++) {
         ct.cgroup_join_fd[i] = open(ct.cgroup_join[i], O_WRONLY | O_CLOEXEC);
         if (ct.cgroup_join_fd[i] < 0)
             die("open", ct.cgroup_join[i]);
-    }
-    if (ct.cgroup_dir) {
-        cgroup_fd = open(ct.cgroup_dir, O_PATH | O_DIRECTORY | O_CLOEXEC);
-        if (cgroup_fd < 0)
-            die("open", ct.cgroup_dir);
     }
 }
 
@@ -233,20 +238,16 @@ static pid_t clone_in_cgroup(struct lxcone_clone_args *args)
         if (pid >= 0)
             return pid;
         /* A kernel without CLONE_INTO_CGROUP (< 5.7), or a cgroup we may not enter this way:
-         * from now on the child writes cgroup.procs of the v2 cgroup like a v1 one. */
+         * from now on the child writes cgroup.procs of the v2 cgroup like a v1 one (only the
+         * first clone can get here: open_join_files has not run yet). */
         args->flags &= ~(unsigned long long)CLONE_INTO_CGROUP;
         args->cgroup = 0;
         close(cgroup_fd);
         cgroup_fd = -1;
         char path[4096];
         snprintf(path, sizeof(path), "%s/cgroup.procs", ct.cgroup_dir);
-        int fd = open(path, O_WRONLY | O_CLOEXEC);
-        if (fd < 0)
-            die("open", path);
-        if (ct.n_cgroup_join < LXCONE_MAX_CGROUPS) {
-            ct.cgroup_join[ct.n_cgroup_join] = xstrdup(path);
-            ct.cgroup_join_fd[ct.n_cgroup_join++] = fd;
-        }
+        if (ct.n_cgroup_join < LXCONE_MAX_CGROUPS)
+            ct.cgroup_join[ct.n_cgroup_join++] = xstrdup(path);
     }
     return (pid_t)lxcone_clone3(args);
 }
@@ -336,9 +337,10 @@ static int release_child(int sock, char *err, size_t errlen)
     struct lxcone_child_fds fds;
     fds.rootfs = detached_tree(ct.rootfs);
     fds.console = console_slave;
+    memcpy(fds.cgroups, ct.cgroup_join_fd, sizeof(fds.cgroups));
     for (int i = 0; i < ct.n_binds; i++)
         fds.binds[i] = detached_tree(ct.binds[i].source);
-    if (lxcone_send_go(sock, &fds, ct.n_binds) < 0)
+    if (lxcone_send_go(sock, &fds, ct.n_binds, ct.n_cgroup_join) < 0)
         die("sendmsg", "go");
     close(fds.rootfs);
     for (int i = 0; i < ct.n_binds; i++)
@@ -395,11 +397,11 @@ static pid_t clone_again(int *sock_out)
         die("clone3", ct.name);
     if (mid == 0) {
         char buf[32];
-        const char *cg;
+        int cg;
         close(sv[0]);
         close(pp[0]);
         /* Enter the cgroups while still host root; init inherits them. */
-        if (lxcone_join_cgroups(&ct, &cg) < 0)
+        if (lxcone_join_cgroups(ct.cgroup_join_fd, ct.n_cgroup_join, &cg) < 0)
             _exit(2);
         if (netns_fd >= 0 && setns(netns_fd, CLONE_NEWNET) < 0)
             _exit(3);
@@ -621,6 +623,15 @@ static int read_msg(const char *want)
     return memcmp(buf, want, len) == 0 ? 0 : -1;
 }
 
+/* The runtime's two messages after "pid": the v1 directories exist once it says "cgroups". */
+static int await_go(void)
+{
+    if (read_msg("cgroups\n") < 0)
+        return -1;
+    open_join_files();
+    return read_msg("go\n");
+}
+
 int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--attach"))
@@ -653,16 +664,13 @@ int main(int argc, char **argv)
     ct.argv[ct.argc] = NULL;
     ct.envp[ct.envc] = NULL;
     open_console();
-    /* The runtime makes the cgroups while we start up (exec, config, console): ~0.4 ms of
-     * mkdir in 10 hierarchies off the start path. EOF: it aborted, and cleans up itself. */
-    if (read_msg("cgroups\n") < 0)
-        return 1;
-    open_cgroups();
-
+    /* Cloned at once, while the runtime makes the v1 cgroups and sets the limits: ~0.4 ms of
+     * mkdir and writes in 10 hierarchies beside the ~0.7 ms clone3 of the namespaces. */
+    open_unified();
     int sock;
     pid_t pid = clone_first(&sock);
     dprintf(status_fd, "pid %d\n", pid);
-    if (read_msg("go\n") < 0) {
+    if (await_go() < 0) {
         /* The runtime aborted (or died) before the go-ahead: leave nothing running. */
         kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
