@@ -301,8 +301,9 @@ def test_bad_input_is_refused_and_leaves_nothing(runtime, busybox_rootfs, bad):
 
 
 def test_limit_the_kernel_refuses_at_start_leaves_nothing(runtime, busybox_rootfs, cgroup_parent):
-    # The cgroups are made while the monitor starts up: a refused limit must stop that monitor
-    # (EOF on its control pipe) and remove what was made.
+    # The v1 cgroups and limits are made while the monitor clones init into the v2 one: a
+    # refused limit must stop that monitor (EOF on its control pipe), which kills the waiting
+    # init, and remove what was made (a populated cgroup could not be removed).
     cpu = os.cpu_count() or 1
     s = spec(busybox_rootfs, resources=Resources(cpuset_cpus=str(cpu + 40)))
     runtime.create(s)

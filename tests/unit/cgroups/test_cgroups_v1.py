@@ -83,6 +83,28 @@ def test_create_is_idempotent_and_copies_cpuset_into_every_new_level(
     assert not fk.writes_under(f"{hybrid_tree.root}/cpuset/cpuset.")
 
 
+def test_create_unified_makes_only_the_cgroup2_directory(
+    hybrid_tree: FakeTree, kernel: object
+) -> None:
+    # What the monitor clones init into; the v1 directories follow (create()) meanwhile.
+    fk: FakeKernel = kernel(hybrid_tree)  # type: ignore[operator]
+    mgr = _mgr(hybrid_tree)
+    mgr.create_unified()
+    assert Path(mgr.paths["unified"]).is_dir()
+    assert [k for k, d in mgr.paths.items() if Path(d).exists()] == ["unified"]
+    assert fk.writes == []
+    mgr.create_unified()  # idempotent
+    mgr.create()  # and create() completes it
+    assert all(Path(d).is_dir() for d in mgr.paths.values())
+
+
+def test_create_unified_on_pure_v1_makes_nothing(v1_tree: FakeTree, kernel: object) -> None:
+    kernel(v1_tree)  # type: ignore[operator]
+    mgr = _mgr(v1_tree)
+    mgr.create_unified()
+    assert not mgr.exists()
+
+
 def test_create_keeps_a_parent_cpuset_that_is_already_set(
     v1_tree: FakeTree, kernel: object
 ) -> None:

@@ -63,6 +63,15 @@ def test_create_enables_controllers_in_every_ancestor_only(
     assert fk.writes[n:] == []
 
 
+def test_create_unified_is_the_whole_create(v2_tree: FakeTree, kernel: object) -> None:
+    kernel(v2_tree)  # type: ignore[operator]
+    mgr = _mgr(v2_tree)
+    mgr.create_unified()
+    leaf = Path(mgr.paths["unified"])
+    assert (leaf / "memory.max").exists()  # born with the controllers, as create() makes it
+    assert _sc(v2_tree.root / "lxcone-test" / "sub") == {"cpu", "memory", "pids", "io", "cpuset"}
+
+
 def test_create_enables_only_available_controllers(tmp_path: Path, kernel: object) -> None:
     tree = make_v2_tree(tmp_path / "cg", controllers="cpu memory")
     kernel(tree)  # type: ignore[operator]
