@@ -302,9 +302,11 @@ static void open_console(void)
     }
 }
 
-static void write_init_file(pid_t pid)
+/* The init file, "<pid> <starttime> <monitor pid>", goes to init.tmp while the child sets up (on
+ * another CPU, the monitor only waits then) and is renamed into place once init runs. */
+static void prepare_init_file(pid_t pid)
 {
-    char path[4096], tmp[4096], statp[64], buf[1024];
+    char tmp[4096], statp[64], buf[1024];
     unsigned long long start = 0;
     snprintf(statp, sizeof(statp), "/proc/%d/stat", pid);
     int fd = open(statp, O_RDONLY | O_CLOEXEC);
@@ -321,18 +323,34 @@ static void write_init_file(pid_t pid)
                 start = strtoull(p + 1, NULL, 10);
         }
     }
-    snprintf(path, sizeof(path), "%s/init", ct.run_dir);
     snprintf(tmp, sizeof(tmp), "%s/init.tmp", ct.run_dir);
     FILE *f = fopen(tmp, "we");
     if (!f)
         die("open", tmp);
     fprintf(f, "%d %llu %d\n", pid, start, getpid());
-    if (fclose(f) != 0 || rename(tmp, path) < 0)
-        die("write", path);
+    if (fclose(f) != 0)
+        die("write", tmp);
 }
 
-/* Sends the go-ahead with the mounts the child needs, then waits for exec (EOF) or an error. */
-static int release_child(int sock, char *err, size_t errlen)
+static void publish_init_file(void)
+{
+    char path[4096], tmp[4096];
+    snprintf(path, sizeof(path), "%s/init", ct.run_dir);
+    snprintf(tmp, sizeof(tmp), "%s/init.tmp", ct.run_dir);
+    if (rename(tmp, path) < 0)
+        die("rename", path);
+}
+
+static void discard_init_file(void)
+{
+    char tmp[4096];
+    snprintf(tmp, sizeof(tmp), "%s/init.tmp", ct.run_dir);
+    unlink(tmp);
+}
+
+/* Sends the go-ahead with the mounts the child needs, then waits for exec (EOF) or an error.
+ * On success the init file is ready to publish. */
+static int release_child(pid_t pid, int sock, char *err, size_t errlen)
 {
     struct lxcone_child_fds fds;
     fds.rootfs = detached_tree(ct.rootfs);
@@ -345,12 +363,17 @@ static int release_child(int sock, char *err, size_t errlen)
     close(fds.rootfs);
     for (int i = 0; i < ct.n_binds; i++)
         close(fds.binds[i]);
+    prepare_init_file(pid);
     ssize_t n, used = 0;
     while ((n = read(sock, err + used, errlen - 1 - (size_t)used)) > 0)
         used += n;
     err[used] = 0;
     close(sock);
-    return used > 0 ? -1 : 0;
+    if (used > 0) {
+        discard_init_file();
+        return -1;
+    }
+    return 0;
 }
 
 static pid_t clone_first(int *sock_out)
@@ -583,14 +606,14 @@ static void serve(pid_t init_pid)
                     reload_binds(); /* before the clone: the child works from its copy of ct */
                     init_pid = clone_again(&sock);
                     pending_child = init_pid;
-                    if (release_child(sock, err, sizeof(err)) < 0) {
+                    if (release_child(init_pid, sock, err, sizeof(err)) < 0) {
                         fprintf(stderr, "lxcone-monitor: restart of %s failed: %s", ct.name, err);
                         kill(init_pid, SIGKILL);
                         waitpid(init_pid, &status, 0);
                         goto stopped;
                     }
                     pending_child = -1;
-                    write_init_file(init_pid);
+                    publish_init_file();
                     continue;
                 }
             stopped:
@@ -678,14 +701,14 @@ int main(int argc, char **argv)
         return 1;
     }
     char err[512];
-    if (release_child(sock, err, sizeof(err)) < 0) {
+    if (release_child(pid, sock, err, sizeof(err)) < 0) {
         dprintf(status_fd, "%s", err);
         waitpid(pid, NULL, 0);
         cleanup_cgroups();
         return 1;
     }
     pending_child = -1;
-    write_init_file(pid);
+    publish_init_file();
     dprintf(status_fd, "running\n");
     close(STATUS_FD);
     close(CONTROL_FD);
