@@ -31,6 +31,7 @@ from lxcone.netns.spec import MTU_MAX, MTU_MIN, NicSpec, validate_ifname
 
 _GONE = (errno.ENODEV, errno.ENOENT)
 IFF_UP = 0x1  # linux/if.h
+LOOPBACK_IFINDEX = 1  # include/net/net_namespace.h
 # RTM_GETNSID answers NETNSA_NSID_NOT_ASSIGNED (-1) when the netns has no id here; pyroute2
 # decodes the s32 as an unsigned value.
 _NSID_NOT_ASSIGNED = (None, -1, 0xFFFFFFFF)
@@ -243,8 +244,9 @@ def _peer_in_netns(host: IPRoute, link: Msg, netns_fd: int) -> bool:
     return peer_nsid is not None and nsid not in _NSID_NOT_ASSIGNED and peer_nsid == nsid
 
 
-def _create_veth(host: IPRoute, nic: NicSpec, netns_fd: int, master: int | None) -> None:
-    """One RTM_NEWLINK: host end (up, on the bridge) + the peer born in the container netns."""
+def _create_veth(host: IPRoute, nic: NicSpec, netns_fd: int, master: int | None) -> bool:
+    """One RTM_NEWLINK: host end (up, on the bridge) + the peer born in the container netns.
+    False if a name was taken (EEXIST): the caller finds out which."""
     # The peer's IFLA_NET_NS_FD makes the kernel create it directly in the container netns
     # under its final name, so there is no create-move-rename window and no temporary name to
     # clean up. The peer's own ifinfomsg flags are not settable through pyroute2's peer dict,
@@ -257,8 +259,10 @@ def _create_veth(host: IPRoute, nic: NicSpec, netns_fd: int, master: int | None)
         peer["mtu"] = host_attrs["mtu"] = nic.mtu
     if master is not None:
         host_attrs["master"] = master
-    _nl("link add", nic.host_name, host.link, "add", detail=f"veth peer {nic.guest_name}",
-        ifname=nic.host_name, kind="veth", peer=peer, **host_attrs)
+    added = _nl("link add", nic.host_name, host.link, "add", detail=f"veth peer {nic.guest_name}",
+                tolerate=(errno.EEXIST,), ifname=nic.host_name, kind="veth", peer=peer,
+                **host_attrs)
+    return added is not None
 
 
 def _reapply_host(host: IPRoute, nic: NicSpec, link: Msg, master: int | None) -> None:
@@ -325,11 +329,9 @@ def _reapply_guest_link(ct: IPRoute, nic: NicSpec, index: int) -> None:
 
 
 def _set_lo_up(ct: IPRoute) -> None:
-    lo = _get_link(ct, ifname="lo")
-    if lo is None:  # pragma: no cover - every netns has lo from birth
-        raise NetnsError(errno.ENODEV, "link get", "lo")
-    if not lo["flags"] & IFF_UP:
-        _nl("link set", "lo", ct.link, "set", index=lo["index"], state="up")
+    # lo is ifindex 1 in every netns (LOOPBACK_IFINDEX, include/net/net_namespace.h), and
+    # setting an up link up is a no-op: one set, no get (~0.2 ms of attribute parsing).
+    _nl("link set", "lo", ct.link, "set", index=LOOPBACK_IFINDEX, state="up")
 
 
 # -- public API --------------------------------------------------------------------------------
@@ -357,22 +359,26 @@ def add_nic(nic: NicSpec, container_netns_fd: int, host_netns: str | None = None
     with _host(host_netns) as host, _ipr(container_netns_fd, "the container netns") as ct:
         try:
             master = None
-            created_veth = False
             if nic.bridge is not None:
                 master, created = _ensure_bridge(host, nic.bridge, None)
                 if created:
                     undo.append(lambda: _delete_if_unused_bridge(host, master))
-            link = _get_link(host, ifname=nic.host_name)
-            if link is None:
-                _create_veth(host, nic, container_netns_fd, master)
-                created_veth = True
+            # Create first: the name is usually free, and a failed add costs less than a get
+            # (~0.2 ms of attribute parsing each). EEXIST leads to the idempotent path.
+            created_veth = _create_veth(host, nic, container_netns_fd, master)
+            if created_veth:
                 undo.append(lambda: _nl("link del", nic.host_name, host.link, "del",
                                         ifname=nic.host_name, tolerate=_GONE))
-                link = _get_link(host, ifname=nic.host_name)
-                if link is None:  # removed under our feet by a concurrent remove_nic
-                    raise NetnsError(errno.ENODEV, "link get", nic.host_name,
-                                     "veth vanished right after creation")
-            else:
+            link = _get_link(host, ifname=nic.host_name)
+            if link is None:
+                if not created_veth:  # the host name is free: the guest name was taken
+                    raise NetnsError(errno.EEXIST, "link add", nic.host_name,
+                                     f"veth peer {nic.guest_name}: the name is taken in the "
+                                     "container netns")
+                # removed under our feet by a concurrent remove_nic
+                raise NetnsError(errno.ENODEV, "link get", nic.host_name,
+                                 "veth vanished right after creation")
+            if not created_veth:
                 if _kind(link) != "veth":
                     raise NetnsError(errno.EEXIST, "link add", nic.host_name,
                                      f"exists and is a {_kind(link) or 'device'}, not a veth")

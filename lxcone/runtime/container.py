@@ -251,8 +251,7 @@ class Runtime:
 
         fd = netns.open_netns(pid)
         try:
-            netns.setup_loopback(fd)
-            for nic in spec.nics:
+            for nic in spec.nics:  # each brings lo up too
                 netns.add_nic(nic, fd, self.host_netns)
         finally:
             os.close(fd)

@@ -226,7 +226,8 @@ def test_guest_name_taken_in_container_fails_atomically(host_netns, container):
     with pytest.raises(NetnsError) as info:
         add_nic(NicSpec("one-12-1", guest_name="eth0"), container.fd, host_netns)
     assert info.value.errno == errno.EEXIST
-    assert str(info.value) == "[Errno 17] File exists: link add one-12-1 (veth peer eth0)"
+    assert str(info.value) == ("[Errno 17] File exists: link add one-12-1 (veth peer eth0: the "
+                               "name is taken in the container netns)")
     assert oracle.link(host_netns, "one-12-1") is None
     assert set(oracle.links(container.netns)) == {"lo", "eth0"}
 
