@@ -193,8 +193,10 @@ class Runtime:
                 raise _start_error(reply, name, d)
             pid = int(reply.split()[1])
             if spec.nics:
+                # The child mounts meanwhile, and execs init once the monitor has our "go".
                 self._plug_nics(spec, pid)
-                os.write(ctl_w, b"go\n")
+                with contextlib.suppress(BrokenPipeError):  # it ended the start: its report follows
+                    os.write(ctl_w, b"go\n")
             reply = _read_line(status)
             if reply != "running":
                 raise _start_error(reply, name, d)

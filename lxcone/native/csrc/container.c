@@ -342,6 +342,18 @@ void lxcone_child_main(const struct lxcone_ct *ct, int sync_fd)
     if (sync_fd > 3)
         lxcone_close_range(3, (unsigned)sync_fd - 1, 0);
     lxcone_close_range((unsigned)sync_fd + 1, ~0U, 0);
+    /* The monitor's last word: the runtime has plugged the NICs (while we mounted), so init
+     * finds its interfaces from its first instruction. */
+    char word = 0;
+    ssize_t r;
+    do
+        r = read(sync_fd, &word, 1);
+    while (r < 0 && errno == EINTR);
+    if (r != 1 || word != 'x') {
+        if (r >= 0)
+            errno = r == 0 ? ECONNABORTED : EPROTO;
+        fail("wait for exec", ct->name);
+    }
     execve(ct->argv[0], ct->argv, ct->envp);
     fail("execve", ct->argv[0]);
 }

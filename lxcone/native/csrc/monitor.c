@@ -348,9 +348,50 @@ static void discard_init_file(void)
     unlink(tmp);
 }
 
-/* Sends the go-ahead with the mounts the child needs, then waits for exec (EOF) or an error.
- * On success the init file is ready to publish. */
-static int release_child(pid_t pid, int sock, char *err, size_t errlen)
+/* Reads exactly the message ``want`` from the runtime on fd 4; -1 on anything else (EOF: the
+ * runtime aborted the start). Messages may arrive together: never read past one. */
+static int read_msg(const char *want)
+{
+    char buf[16];
+    size_t len = strlen(want), got = 0;
+    while (got < len) {
+        ssize_t n = read(CONTROL_FD, buf + got, len - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            return -1;
+        got += (size_t)n;
+    }
+    return memcmp(buf, want, len) == 0 ? 0 : -1;
+}
+
+/* Waits for the runtime's "go" (its NICs are plugged) while the child sets up. 0: go; -1: the
+ * child failed or died first (err says so), or the runtime aborted (err empty). */
+static int await_runtime(int sock, char *err, size_t errlen)
+{
+    struct pollfd p[2] = {{CONTROL_FD, POLLIN, 0}, {sock, POLLIN, 0}};
+    err[0] = 0;
+    while (poll(p, 2, -1) < 0)
+        if (errno != EINTR)
+            die("poll", "start");
+    if (p[1].revents) {
+        /* Before its last word the child only writes to report a failure, then exits. */
+        ssize_t n, used = 0;
+        while ((n = read(sock, err + used, errlen - 1 - (size_t)used)) > 0)
+            used += n;
+        err[used] = 0;
+        if (used == 0) /* EOF: it died (it cannot have exec'd before our "x") */
+            snprintf(err, errlen, "error %d %s %s\n", ECHILD, "setup (child died)", ct.name);
+        return -1;
+    }
+    return read_msg("go\n");
+}
+
+/* Sends the go-ahead with the mounts the child needs; the child mounts while the runtime plugs
+ * the NICs (when ``runtime`` is set: a first start), and execs init after our second word, "x",
+ * so init finds its interfaces. Waits for exec (EOF) or an error; on success the init file is
+ * ready to publish. -1 with err empty: the runtime aborted and the child still waits. */
+static int release_child(pid_t pid, int sock, int runtime, char *err, size_t errlen)
 {
     struct lxcone_child_fds fds;
     fds.rootfs = detached_tree(ct.rootfs);
@@ -365,15 +406,23 @@ static int release_child(pid_t pid, int sock, char *err, size_t errlen)
         close(fds.binds[i]);
     prepare_init_file(pid);
     ssize_t n, used = 0;
+    err[0] = 0;
+    if (runtime && await_runtime(sock, err, errlen) < 0)
+        goto failed;
+    /* A child that died meanwhile closed its end: the EOF below tells. */
+    if (send(sock, "x", 1, MSG_NOSIGNAL) < 0 && errno != EPIPE && errno != ECONNRESET)
+        die("send", "exec");
     while ((n = read(sock, err + used, errlen - 1 - (size_t)used)) > 0)
         used += n;
     err[used] = 0;
-    close(sock);
-    if (used > 0) {
-        discard_init_file();
-        return -1;
+    if (used == 0) {
+        close(sock);
+        return 0;
     }
-    return 0;
+failed:
+    close(sock);
+    discard_init_file();
+    return -1;
 }
 
 static pid_t clone_first(int *sock_out)
@@ -606,7 +655,7 @@ static void serve(pid_t init_pid)
                     reload_binds(); /* before the clone: the child works from its copy of ct */
                     init_pid = clone_again(&sock);
                     pending_child = init_pid;
-                    if (release_child(init_pid, sock, err, sizeof(err)) < 0) {
+                    if (release_child(init_pid, sock, 0, err, sizeof(err)) < 0) {
                         fprintf(stderr, "lxcone-monitor: restart of %s failed: %s", ct.name, err);
                         kill(init_pid, SIGKILL);
                         waitpid(init_pid, &status, 0);
@@ -627,32 +676,6 @@ static void serve(pid_t init_pid)
             }
         }
     }
-}
-
-/* Reads exactly the message ``want`` from the runtime on fd 4; -1 on anything else (EOF: the
- * runtime aborted the start). Messages may arrive together: never read past one. */
-static int read_msg(const char *want)
-{
-    char buf[16];
-    size_t len = strlen(want), got = 0;
-    while (got < len) {
-        ssize_t n = read(CONTROL_FD, buf + got, len - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n <= 0)
-            return -1;
-        got += (size_t)n;
-    }
-    return memcmp(buf, want, len) == 0 ? 0 : -1;
-}
-
-/* The runtime's two messages after "pid": the v1 directories exist once it says "cgroups". */
-static int await_go(void)
-{
-    if (read_msg("cgroups\n") < 0)
-        return -1;
-    open_join_files();
-    return read_msg("go\n");
 }
 
 int main(int argc, char **argv)
@@ -693,16 +716,17 @@ int main(int argc, char **argv)
     int sock;
     pid_t pid = clone_first(&sock);
     dprintf(status_fd, "pid %d\n", pid);
-    if (await_go() < 0) {
-        /* The runtime aborted (or died) before the go-ahead: leave nothing running. */
-        kill(pid, SIGKILL);
-        waitpid(pid, NULL, 0);
-        cleanup_cgroups();
-        return 1;
+    char err[512] = "";
+    int ok = read_msg("cgroups\n") == 0;
+    if (ok) {
+        open_join_files();
+        ok = release_child(pid, sock, 1, err, sizeof(err)) == 0;
     }
-    char err[512];
-    if (release_child(pid, sock, err, sizeof(err)) < 0) {
-        dprintf(status_fd, "%s", err);
+    if (!ok) {
+        /* The child's report, else the runtime aborted (or died): leave nothing running. */
+        if (err[0])
+            dprintf(status_fd, "%s", err);
+        kill(pid, SIGKILL);
         waitpid(pid, NULL, 0);
         cleanup_cgroups();
         return 1;

@@ -262,6 +262,41 @@ def test_nic_on_a_bridge_is_configured_and_reachable(runtime, busybox_rootfs, ho
     assert "one-1-0" not in links and "one-1-1" not in links
 
 
+def test_init_finds_its_nics_at_its_first_instruction(runtime, busybox_rootfs):
+    # The runtime plugs NICs while the child mounts; the child execs init only after the
+    # monitor's last word, so an init that looks at once must see its interface, configured.
+    from lxcone.netns import Address, NicSpec
+
+    nic = NicSpec(host_name="one-2-0", guest_name="eth0", addresses=(Address("10.78.0.2", 24),))
+    init = ("/bin/sh", "-c", "ip -o addr show eth0; echo first-look-done; exec sleep 1000")
+    runtime.run(spec(busybox_rootfs, nics=(nic,), init=init))
+    wait_for(lambda: b"first-look-done" in runtime.console_log("ct1"), what="init's first look")
+    assert b"10.78.0.2/24" in runtime.console_log("ct1")
+
+
+def test_a_child_that_dies_while_nics_are_plugged_fails_the_start(runtime, busybox_rootfs,
+                                                                  monkeypatch):
+    # The child, mounting meanwhile, is killed (OOM, an admin): the monitor sees its end close
+    # before the runtime's "go", and the start fails instead of reporting "running".
+    from lxcone.netns import NicSpec
+    from lxcone.runtime import StartError
+
+    plug = Runtime._plug_nics
+
+    def plug_then_kill(self, spec_, pid):
+        plug(self, spec_, pid)
+        os.kill(pid, signal.SIGKILL)
+        wait_for(lambda: not Path(f"/proc/{pid}/ns").exists(), what="child gone")
+
+    monkeypatch.setattr(Runtime, "_plug_nics", plug_then_kill)
+    runtime.create(spec(busybox_rootfs, nics=(NicSpec(host_name="one-2-1"),)))
+    with pytest.raises(StartError, match="child died"):
+        runtime.start("ct1")
+    assert runtime.state("ct1").status == "created"
+    assert not monitor_pids(str(runtime.run_dir))
+    assert not (runtime.run_dir / "ct1" / "init.tmp").exists()
+
+
 def test_bind_mount_is_visible_and_readonly_when_asked(runtime, busybox_rootfs, tmp_path):
     from lxcone.runtime import Bind
 
