@@ -205,7 +205,7 @@ class Runtime:
                 os.close(ctl_w)  # EOF = abort: the monitor kills init and exits
                 ctl_w = -1
             if pid is not None:
-                # Past the go-ahead the monitor no longer reads fd 4: kill init ourselves, or
+                # Once we said "go" the monitor no longer reads fd 4: kill init ourselves, or
                 # the monitor would keep it running and never exit.
                 with contextlib.suppress(ProcessLookupError):
                     fd = native.pidfd_open(pid)

@@ -4,7 +4,7 @@
  * reported as init dying of SIGHUP (halt and poweroff as SIGINT, see pid_namespaces(7)); without a
  * parent waiting for that, a container whose init reboots would simply stop. Why a separate tiny
  * executable: a forked Python process would keep its whole heap alive per container, this one
- * costs a few hundred KiB. The runtime starts it and talks to it only during start-up:
+ * costs ~100 KiB. The runtime starts it and talks to it only during start-up:
  *
  *   fd 3 (monitor -> runtime): "pid <pid>\n" once init is cloned (into the v2 cgroup, which the
  *                              runtime made before starting us) and mapped, then "running\n"
@@ -14,7 +14,8 @@
  *                              NICs; EOF aborts the start
  *
  * Afterwards it only reaps init, restarts it on reboot (keeping the user and network namespaces,
- * so NICs survive, and re-reading the bind lines of its config, so hot mounts do), logs the console to <run_dir>/console.log and serves <run_dir>/console.sock.
+ * so NICs survive, and re-reading the bind lines of its config, so hot mounts do), logs the
+ * console to <run_dir>/console.log and serves <run_dir>/console.sock.
  * Killing it never stops the container: init is reparented and the runtime manages it by pid. */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
