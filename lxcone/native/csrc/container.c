@@ -89,18 +89,25 @@ static void ensure_file(int rootfd, const char *rel)
     make_path(rootfd, rel, 0);
 }
 
-/* mount(2) onto a target inside the root, through its O_PATH fd (the runc way: the magic link
- * /proc/self/fd/N names exactly the inode we resolved, so nothing can be swapped in between). */
-static void mount_at(int rootfd, const char *rel, const char *src, const char *type,
-                     unsigned long flags, const char *data)
+/* mount(2) onto the inode open on fd (the runc way: the magic link /proc/self/fd/N names exactly
+ * that inode, so nothing can be swapped in between). */
+static void mount_on_fd(int fd, const char *rel, const char *src, const char *type,
+                        unsigned long flags, const char *data)
 {
     char target[64];
-    int fd = lxcone_open_in_root(rootfd, rel, O_PATH);
-    if (fd < 0)
-        fail("open", rel);
     snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
     if (mount(src, target, type, flags, data) < 0)
         fail(type ? type : "mount --bind", rel);
+}
+
+/* mount(2) onto a target inside the root, opened with RESOLVE_IN_ROOT. */
+static void mount_at(int rootfd, const char *rel, const char *src, const char *type,
+                     unsigned long flags, const char *data)
+{
+    int fd = lxcone_open_in_root(rootfd, rel, O_PATH);
+    if (fd < 0)
+        fail("open", rel);
+    mount_on_fd(fd, rel, src, type, flags, data);
     close(fd);
 }
 
@@ -163,9 +170,26 @@ static void mask_paths(int rootfd)
 
 static const char *dev_nodes[] = {"null", "zero", "full", "random", "urandom", "tty", NULL};
 
+/* A node or directory made in our own fresh /dev tmpfs and opened: nothing in it comes from the
+ * rootfs, so plain *at() calls relative to it cannot be redirected (no RESOLVE_IN_ROOT walk). */
+static int make_in_dev(int devfd, const char *name, int dir)
+{
+    int fd;
+    if (dir) {
+        if (mkdirat(devfd, name, 0755) < 0 && errno != EEXIST)
+            fail("mkdir", name);
+        fd = openat(devfd, name, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    } else {
+        fd = openat(devfd, name, O_CREAT | O_WRONLY | O_NOFOLLOW | O_CLOEXEC, 0644);
+    }
+    if (fd < 0)
+        fail("create", name);
+    return fd;
+}
+
 static void setup_dev(int rootfd, const char *console_path)
 {
-    char src[64], rel[64];
+    char src[64];
     ensure_dir(rootfd, "dev");
     mount_at(rootfd, "dev", "tmpfs", "tmpfs", MS_NOSUID | MS_NOEXEC, "mode=755,size=65536k");
     int devfd = lxcone_open_in_root(rootfd, "dev", O_PATH | O_DIRECTORY);
@@ -173,22 +197,26 @@ static void setup_dev(int rootfd, const char *console_path)
         fail("open", "dev");
     /* mknod is refused inside a user namespace, so every node is a bind of the host's. */
     for (const char **n = dev_nodes; *n; n++) {
-        snprintf(rel, sizeof(rel), "dev/%s", *n);
         snprintf(src, sizeof(src), "/dev/%s", *n);
-        ensure_file(rootfd, rel);
-        mount_at(rootfd, rel, src, NULL, MS_BIND, NULL);
+        int fd = make_in_dev(devfd, *n, 0);
+        mount_on_fd(fd, src + 1, src, NULL, MS_BIND, NULL);
+        close(fd);
     }
-    ensure_file(rootfd, "dev/console");
     /* By path: the fd we were sent belongs to the monitor's mount namespace, and bind mounts
      * from another namespace's mount fail with EINVAL; our copy of /dev/pts has the same pty. */
-    mount_at(rootfd, "dev/console", console_path, NULL, MS_BIND, NULL);
-    ensure_dir(rootfd, "dev/pts");
-    mount_at(rootfd, "dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
-             "newinstance,ptmxmode=0666,mode=0620,gid=5");
-    ensure_dir(rootfd, "dev/shm");
-    mount_at(rootfd, "dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
-             "mode=1777,size=65536k");
-    ensure_dir(rootfd, "dev/mqueue");
+    int fd = make_in_dev(devfd, "console", 0);
+    mount_on_fd(fd, "dev/console", console_path, NULL, MS_BIND, NULL);
+    close(fd);
+    fd = make_in_dev(devfd, "pts", 1);
+    mount_on_fd(fd, "dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
+                "newinstance,ptmxmode=0666,mode=0620,gid=5");
+    close(fd);
+    fd = make_in_dev(devfd, "shm", 1);
+    mount_on_fd(fd, "dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                "mode=1777,size=65536k");
+    close(fd);
+    if (mkdirat(devfd, "mqueue", 0755) < 0 && errno != EEXIST)
+        fail("mkdir", "dev/mqueue");
     const char *links[][2] = {{"pts/ptmx", "ptmx"}, {"/proc/self/fd", "fd"},
                               {"/proc/self/fd/0", "stdin"}, {"/proc/self/fd/1", "stdout"},
                               {"/proc/self/fd/2", "stderr"}, {NULL, NULL}};
