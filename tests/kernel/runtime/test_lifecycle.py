@@ -205,6 +205,7 @@ def test_freeze_stops_progress_and_thaw_resumes(runtime, busybox_rootfs):
 
 def test_reboot_inside_restarts_the_container(runtime, busybox_rootfs):
     s1 = runtime.run(spec(busybox_rootfs, hostname="rb"))
+    netns1 = os.readlink(f"/proc/{s1.pid}/ns/net")
     subprocess.run([sys.executable, "-c", ""], check=True)  # keep the call shape simple
     runtime.exec("ct1", ["/bin/sh", "-c", "reboot"])
     wait_for(lambda: (runtime.state("ct1").pid or s1.pid) != s1.pid, timeout=15, what="new init")
@@ -213,6 +214,32 @@ def test_reboot_inside_restarts_the_container(runtime, busybox_rootfs):
     wait_for(lambda: runtime.console_log("ct1").count(b"lxcone busybox: rb up") == 2,
              what="second boot")
     assert sh(runtime, "ct1", "hostname").strip() == "rb"
+    # Without NICs, init's first incarnation made the netns itself: the monitor took it once
+    # init ran, and the second one joined it instead of staying in a host namespace.
+    assert os.readlink(f"/proc/{s2.pid}/ns/net") == netns1 != os.readlink("/proc/self/ns/net")
+
+
+def test_init_gets_the_runtimes_cpus_not_the_start_time_placement(runtime, busybox_rootfs):
+    # The monitor moves the new child off its own CPU while it unshares its netns, and the
+    # child moves back: init must end with the runtime's affinity (here: the whole machine).
+    s = runtime.run(spec(busybox_rootfs))
+    with open(f"/proc/{s.pid}/status") as f:
+        allowed = next(line.split(":", 1)[1].strip() for line in f
+                       if line.startswith("Cpus_allowed_list"))
+    assert allowed == _cpu_list(os.sched_getaffinity(0))
+
+
+def _cpu_list(cpus: set[int]) -> str:
+    """The kernel's list format for a set of CPUs: "0-3,6"."""
+    out, run = [], []
+    for c in sorted(cpus):
+        if run and c != run[-1] + 1:
+            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+            run = []
+        run.append(c)
+    if run:
+        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
+    return ",".join(out)
 
 
 def test_container_survives_its_monitor_being_killed(runtime, busybox_rootfs):
