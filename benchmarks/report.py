@@ -26,7 +26,7 @@ MIB = 1 << 20
 GROUP_ORDER = ["start", "start-idle", "start-exec", "kill-veth", "freeze", "thaw", "memory",
                "driver-deploy", "driver-cancel", "driver-shutdown", "driver-attach-nic",
                "driver-detach-nic", "driver-floor",
-               "start-veth", "kill", "exec", "baseline", "scale-200"]
+               "start-veth", "kill", "exec", "hot-mount", "baseline", "scale-200"]
 GROUP_TITLES = {
     "start": "1. start → init running",
     "start-idle": "1b. start → init running on an idle host (100 ms quiet, cgroup lock cold)",
@@ -38,6 +38,7 @@ GROUP_TITLES = {
     "start-veth": "start with a veth on a bridge (information)",
     "kill": "kill-stop, no network (information)",
     "exec": "exec `/bin/true` into a running container (information)",
+    "hot-mount": "hot mount of a directory and its unmount, by callers of two sizes (information)",
     "baseline": "harness baselines (information)",
     "scale-200": "5b. 200 containers: start of container k+1 while k run",
     "driver-deploy": "6. OpenNebula `deploy` as oned runs it → container running (raw image, "

@@ -567,3 +567,34 @@ def test_thaw_crun(benchmark, crun, names):
         if paused[0]:
             crun.resume(name)
         crun.ensure_deleted(name)
+
+
+# -- hot mount (information): bind a host directory into a running container and back ----------
+
+R_HOTMOUNT = rounds(30)
+
+
+@pytest.mark.parametrize("ballast_mib", [0, 400], ids=["caller-as-is", "caller-400MiB"])
+@pytest.mark.benchmark(group="hot-mount")
+def test_hot_mount_lxcone(benchmark, ours, names, workdir, ballast_mib):
+    """Runtime.mount_into + umount_from; with 400 MiB more resident in the caller, which a
+    helper that copied the caller's page tables (a fork) would pay for (docs/architecture.md)."""
+    name = names.ours("hm")
+    src = workdir / f"hot-src-{ballast_mib}"
+    src.mkdir(exist_ok=True)
+    ours.ensure_gone(name)
+    ours.rt.run(ours.spec(name))
+    ballast = bytearray(ballast_mib << 20)
+    for i in range(0, len(ballast), 4096):  # touched: resident, with page tables
+        ballast[i] = 1
+
+    def target():
+        ours.rt.mount_into(name, str(src), "/mnt/hot")
+        ours.rt.umount_from(name, "/mnt/hot")
+
+    try:
+        bench(benchmark, target, None, R_HOTMOUNT, "lxcone",
+              f"Runtime.mount_into + umount_from, caller RSS +{ballast_mib} MiB")
+    finally:
+        del ballast
+        ours.ensure_gone(name)
