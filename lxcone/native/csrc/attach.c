@@ -1,7 +1,7 @@
 /* The lxc-attach equivalent, run by `lxcone-monitor --attach` (lxcone.native.attach spawns it).
  *
  * Joining a mount or user namespace is refused to a multithreaded process and to one that shares
- * its mm (setns(2)), so a fresh single-threaded child (the "middle") joins, then clones the
+ * its fs_struct (setns(2)), so a fresh single-threaded child (the "middle") joins, then clones the
  * command. Both are cloned with CLONE_PARENT: they are children of whoever spawned this helper,
  * which waits for the command and sees its real status. Why a helper at all: a plain fork of the
  * caller copies its page tables, and from a Python agent that cost grew with its RSS (2.7 ms
