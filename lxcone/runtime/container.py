@@ -167,10 +167,7 @@ class Runtime:
             status_r, status_w = os.pipe2(os.O_CLOEXEC)
             ctl_r, ctl_w = os.pipe2(os.O_CLOEXEC)
             monitor_pid = os.posix_spawn(
-                # "nics": the netns must exist before init runs (we plug into it); without,
-                # init's child makes it while it mounts.
-                native.MONITOR,
-                ["lxcone-monitor", str(d / "config"), *(["nics"] * bool(spec.nics))], {},
+                native.MONITOR, ["lxcone-monitor", str(d / "config")], {},
                 file_actions=[
                     (os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDONLY, 0),
                     (os.POSIX_SPAWN_OPEN, 1, "/dev/null", os.O_WRONLY, 0),

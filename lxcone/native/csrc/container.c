@@ -8,7 +8,6 @@
 #include "syscalls.h"
 
 #include <errno.h>
-#include <sched.h>
 #include <fcntl.h>
 #include <grp.h>
 #include <stdio.h>
@@ -227,31 +226,27 @@ static void setup_dev(int rootfd, const char *console_path)
     close(devfd);
 }
 
-static void mount_proc(int rootfd)
-{
-    ensure_dir(rootfd, "proc");
-    mount_at(rootfd, "proc", "proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
-}
-
-/* After joining the container's netns: a fresh sysfs shows the network devices of the mounting
- * task's netns, and /proc/sys/net is bound from what that task sees. */
 static void setup_proc_sys(int rootfd)
 {
     const unsigned long locked = MS_NOSUID | MS_NODEV | MS_NOEXEC;
+    ensure_dir(rootfd, "proc");
+    mount_at(rootfd, "proc", "proc", "proc", locked, NULL);
     /* proc:mixed as LXC does: /proc/sys read-only but /proc/sys/net writable, it belongs to the
      * container's own network namespace and init scripts set it. The net bind comes first: a
      * bind made under the read-only one would inherit its read-only flag, while the recursive
      * read-only bind below copies this one as it is and remounts only its own top. */
     int fd = lxcone_open_in_root(rootfd, "proc/sys/net", O_PATH);
     if (fd >= 0) {
-        char self[64];
-        snprintf(self, sizeof(self), "/proc/self/fd/%d", fd);
-        mount_on_fd(fd, "proc/sys/net", self, NULL, MS_BIND, NULL); /* onto itself */
+        char target[64];
+        snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
+        if (mount(target, target, NULL, MS_BIND, NULL) < 0)
+            fail("mount --bind", "proc/sys/net");
         close(fd);
     }
     bind_ro(rootfd, "proc/sys", locked);
     bind_ro(rootfd, "proc/sysrq-trigger", locked);
     ensure_dir(rootfd, "sys");
+    /* A fresh sysfs shows the network devices of the mounting process's netns: ours. */
     mount_at(rootfd, "sys", "sysfs", "sysfs", locked | MS_RDONLY, NULL);
     mask_paths(rootfd);
 }
@@ -302,7 +297,7 @@ int lxcone_join_cgroups(const int *fds, int n, int *failed)
     return 0;
 }
 
-void lxcone_child_main(const struct lxcone_ct *ct, int sync_fd, int make_netns)
+void lxcone_child_main(const struct lxcone_ct *ct, int sync_fd)
 {
     struct lxcone_child_fds fds;
     int userns = (ct->ns_flags & CLONE_NEWUSER) != 0 || ct->n_uid_map > 0;
@@ -312,10 +307,6 @@ void lxcone_child_main(const struct lxcone_ct *ct, int sync_fd, int make_netns)
     sigset_t none;
     sigemptyset(&none);
     sigprocmask(SIG_SETMASK, &none, NULL);
-    /* While the monitor writes the id maps and prepares the go-ahead (on another CPU): its
-     * ~0.45 ms of pernet set-up is the largest single cost of a start. */
-    if (make_netns)
-        CHECK(unshare(CLONE_NEWNET), "unshare", "CLONE_NEWNET");
     if (lxcone_recv_go(sync_fd, &fds, ct->n_binds, ct->n_cgroup_join) < 0)
         fail("recv go", ct->name);
     /* First of all, so that everything the child does is charged to the container. Not before
@@ -326,9 +317,6 @@ void lxcone_child_main(const struct lxcone_ct *ct, int sync_fd, int make_netns)
         fail("write 0", ct->cgroup_join[cg]);
     for (int i = 0; i < ct->n_cgroup_join; i++)
         close(fds.cgroups[i]);
-    /* Back to the monitor's CPUs (it moved us off its own one: monitor.c clone_first), now
-     * that the cpuset we joined bounds them. */
-    sched_setaffinity(0, sizeof(ct->cpus), &ct->cpus);
     /* The cgroup namespace is made here, not by clone3: its root is the cgroup we are in at
      * that moment, and only now do we sit in the container's v1 cgroups (clone3 can only target
      * a v2 one). */
@@ -354,12 +342,11 @@ void lxcone_child_main(const struct lxcone_ct *ct, int sync_fd, int make_netns)
     /* The tree's own fd is the root of the mount we just attached: no path lookup needed. */
     int rootfd = fds.rootfs;
 
-    mount_proc(rootfd);
+    setup_proc_sys(rootfd);
     setup_dev(rootfd, ct->console_path);
     ensure_dir(rootfd, "run");
     mount_at(rootfd, "run", "tmpfs", "tmpfs", MS_NOSUID | MS_NODEV, "mode=755,size=65536k");
     setup_binds(ct, rootfd, &fds);
-    setup_proc_sys(rootfd);
 
     /* pivot_root(".", ".") stacks the old root on top of the new one; detaching it leaves only
      * the container's tree, with no directory created in the rootfs for the old root. */

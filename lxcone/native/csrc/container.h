@@ -2,10 +2,6 @@
 #ifndef LXCONE_CONTAINER_H
 #define LXCONE_CONTAINER_H
 
-#ifndef _GNU_SOURCE
-#define _GNU_SOURCE
-#endif
-#include <sched.h>
 #include <stddef.h>
 
 #define LXCONE_MAX_ARGS 64
@@ -33,7 +29,6 @@ struct lxcone_ct {
     char *cgroup_join[LXCONE_MAX_CGROUPS];
     int cgroup_join_fd[LXCONE_MAX_CGROUPS];
     int n_cgroup_join;
-    cpu_set_t cpus;              /* the monitor's affinity, which init gets */
     char *argv[LXCONE_MAX_ARGS + 1];
     int argc;
     char *envp[LXCONE_MAX_ENV + 1];
@@ -51,9 +46,8 @@ struct lxcone_child_fds {
 };
 
 /* Runs in the freshly cloned child; never returns. Reports failures on sync_fd as
- * "error <errno> <call> <path>\n" then exits 1; success is the EOF exec gives (CLOEXEC).
- * make_netns: the child was cloned without CLONE_NEWNET and unshares it first thing. */
-void lxcone_child_main(const struct lxcone_ct *ct, int sync_fd, int make_netns);
+ * "error <errno> <call> <path>\n" then exits 1; success is the EOF exec gives (CLOEXEC). */
+void lxcone_child_main(const struct lxcone_ct *ct, int sync_fd);
 
 /* Moves the calling single-threaded task into the cgroups of the n "tasks" fds. Returns 0, or
  * -1 with errno and *failed set to the index of the failing fd. Writing "0" to a v1 "tasks" file moves only the

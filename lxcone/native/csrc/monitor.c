@@ -4,9 +4,7 @@
  * reported as init dying of SIGHUP (halt and poweroff as SIGINT, see pid_namespaces(7)); without a
  * parent waiting for that, a container whose init reboots would simply stop. Why a separate tiny
  * executable: a forked Python process would keep its whole heap alive per container, this one
- * costs ~100 KiB. The runtime starts it as "lxcone-monitor CONFIG [nics]" ("nics": it will plug
- * NICs before init runs, so the netns is made by clone3 at once; else the child makes it) and
- * talks to it only during start-up:
+ * costs ~100 KiB. The runtime starts it and talks to it only during start-up:
  *
  *   fd 3 (monitor -> runtime): "pid <pid>\n" once init is cloned (into the v2 cgroup, which the
  *                              runtime made before starting us) and mapped, then "running\n"
@@ -27,7 +25,6 @@
 #include "syscalls.h"
 
 #include <errno.h>
-#include <sched.h>
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -429,48 +426,30 @@ failed:
     return -1;
 }
 
-/* A new child is queued on our CPU and would only run once we block: move it to another of our
- * CPUs (it restores ct.cpus itself, container.c). */
-static void off_this_cpu(pid_t pid)
-{
-    cpu_set_t others = ct.cpus;
-    int cpu = sched_getcpu();
-    if (cpu >= 0)
-        CPU_CLR(cpu, &others);
-    if (cpu >= 0 && CPU_COUNT(&others) > 0)
-        sched_setaffinity(pid, sizeof(others), &others); /* best effort: only a placement */
-}
-
-static pid_t clone_first(int *sock_out, int make_netns)
+static pid_t clone_first(int *sock_out)
 {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, sv) < 0)
         die("socketpair", "sync");
-    /* CLONE_NEWCGROUP is left to the child, once it sits in its cgroups (container.c), and so
-     * is CLONE_NEWNET when no NICs are to be plugged before it runs (make_netns): the child then
-     * unshares it on another CPU while we write the id maps and prepare the go-ahead. */
-    unsigned long long flags = ct.ns_flags & ~(unsigned long long)CLONE_NEWCGROUP;
-    if (make_netns)
-        flags &= ~(unsigned long long)CLONE_NEWNET;
-    struct lxcone_clone_args args = {.flags = flags, .exit_signal = SIGCHLD};
+    /* CLONE_NEWCGROUP is left to the child, once it sits in its cgroups (container.c). */
+    struct lxcone_clone_args args = {.flags = ct.ns_flags & ~(unsigned long long)CLONE_NEWCGROUP,
+                                     .exit_signal = SIGCHLD};
     pid_t pid = clone_in_cgroup(&args);
     if (pid < 0)
         die("clone3", ct.name);
     if (pid == 0) {
         close(sv[0]);
-        lxcone_child_main(&ct, sv[1], make_netns);
+        lxcone_child_main(&ct, sv[1]);
     }
     pending_child = pid;
-    if (make_netns)
-        off_this_cpu(pid);
     close(sv[1]);
     if (ct.ns_flags & CLONE_NEWUSER) {
         userns_fd = open_ns(pid, "user");
         write_map(pid, "uid_map", ct.uid_map, ct.n_uid_map);
         write_map(pid, "gid_map", ct.gid_map, ct.n_gid_map);
     }
-    if ((ct.ns_flags & CLONE_NEWNET) && !make_netns)
-        netns_fd = open_ns(pid, "net"); /* else once init runs (main) */
+    if (ct.ns_flags & CLONE_NEWNET)
+        netns_fd = open_ns(pid, "net");
     *sock_out = sv[0];
     return pid;
 }
@@ -511,7 +490,7 @@ static pid_t clone_again(int *sock_out)
         if (pid < 0)
             _exit(6);
         if (pid == 0)
-            lxcone_child_main(&ct, sv[1], 0);
+            lxcone_child_main(&ct, sv[1]);
         snprintf(buf, sizeof(buf), "%d", pid);
         _exit(write(pp[1], buf, strlen(buf)) > 0 ? 0 : 7);
     }
@@ -705,12 +684,10 @@ int main(int argc, char **argv)
 {
     if (argc > 1 && !strcmp(argv[1], "--attach"))
         return lxcone_attach_main(argc, argv);
-    if (argc < 2 || argc > 3 || (argc == 3 && strcmp(argv[2], "nics"))) {
-        fprintf(stderr, "usage: lxcone-monitor CONFIG [nics] (started by the lxcone runtime)\n");
+    if (argc != 2) {
+        fprintf(stderr, "usage: lxcone-monitor CONFIG (started by the lxcone runtime)\n");
         return 2;
     }
-    /* "nics": the runtime plugs NICs before init runs, so the netns must exist at once. */
-    int make_netns = argc == 2;
     status_fd = STATUS_FD;
     if (fcntl(STATUS_FD, F_GETFD) < 0 || fcntl(CONTROL_FD, F_GETFD) < 0) {
         status_fd = -1;
@@ -730,8 +707,6 @@ int main(int argc, char **argv)
     sigaddset(&mask, SIGPIPE);
     sigprocmask(SIG_BLOCK, &mask, NULL);
     ct.envp[0] = NULL;
-    if (sched_getaffinity(0, sizeof(ct.cpus), &ct.cpus) < 0)
-        die("sched_getaffinity", "self");
     config_path = argv[1];
     load_config(argv[1]);
     ct.argv[ct.argc] = NULL;
@@ -741,7 +716,7 @@ int main(int argc, char **argv)
      * mkdir and writes in 10 hierarchies beside the ~0.7 ms clone3 of the namespaces. */
     open_unified();
     int sock;
-    pid_t pid = clone_first(&sock, make_netns);
+    pid_t pid = clone_first(&sock);
     dprintf(status_fd, "pid %d\n", pid);
     char err[512] = "";
     int ok = read_msg("cgroups\n") == 0;
@@ -759,8 +734,6 @@ int main(int argc, char **argv)
         return 1;
     }
     pending_child = -1;
-    if ((ct.ns_flags & CLONE_NEWNET) && netns_fd < 0)
-        netns_fd = open_ns(pid, "net"); /* the one init made: kept for reboots */
     publish_init_file();
     dprintf(status_fd, "running\n");
     close(STATUS_FD);

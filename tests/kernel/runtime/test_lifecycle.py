@@ -214,14 +214,13 @@ def test_reboot_inside_restarts_the_container(runtime, busybox_rootfs):
     wait_for(lambda: runtime.console_log("ct1").count(b"lxcone busybox: rb up") == 2,
              what="second boot")
     assert sh(runtime, "ct1", "hostname").strip() == "rb"
-    # Without NICs, init's first incarnation made the netns itself: the monitor took it once
-    # init ran, and the second one joined it instead of staying in a host namespace.
+    # The second init joined the netns the monitor kept, not a host namespace.
     assert os.readlink(f"/proc/{s2.pid}/ns/net") == netns1 != os.readlink("/proc/self/ns/net")
 
 
 def test_init_gets_the_runtimes_cpus_not_the_start_time_placement(runtime, busybox_rootfs):
-    # The monitor moves the new child off its own CPU while it unshares its netns, and the
-    # child moves back: init must end with the runtime's affinity (here: the whole machine).
+    # The runtime moves itself to another CPU while the monitor starts (placement.py): the
+    # monitor and init must still get the runtime's own affinity (here: the whole machine).
     s = runtime.run(spec(busybox_rootfs))
     with open(f"/proc/{s.pid}/status") as f:
         allowed = next(line.split(":", 1)[1].strip() for line in f
