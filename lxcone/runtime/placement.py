@@ -3,8 +3,9 @@
 A child made by posix_spawn is queued on its parent's CPU, and the parent, woken when the child
 execs, keeps running there: the child only starts once the parent blocks, even with another CPU
 idle. On our 2-vCPU VMs, a spawned process reached main 0.4-0.6 ms late that way while its parent
-worked (benchmarks/profile_start.py; docs/architecture.md, "Start path"). Moving the parent to
-another CPU for its own work lets both run at once.
+worked (benchmarks/profile_start.py; docs/architecture.md, "Start-up, step by step"). Moving the
+parent to another CPU for its own work lets both run at once. Only the parent moves: pinning the
+monitor's own child elsewhere too was tried and dropped (docs/architecture.md says why).
 """
 
 from __future__ import annotations
