@@ -61,10 +61,15 @@ class CgroupManager(Protocol):
         ...
 
     def create_unified(self) -> None:
-        """Create only the cgroup2 directory (pure v2: the whole cgroup, as create() does);
-        nothing on a pure v1 host. Idempotent. A child can then be born in it through
-        clone3(CLONE_INTO_CGROUP) while create() makes the v1 directories. Raises CgroupError.
+        """Create only the cgroup2 directory (pure v2: the whole cgroup); nothing on a pure v1
+        host. Idempotent. A child can then be born in it through clone3(CLONE_INTO_CGROUP)
+        while create_v1() makes the rest. Raises CgroupError.
         """
+        ...
+
+    def create_v1(self) -> None:
+        """Create only the v1 directories, what create_unified() leaves (nothing on pure v2);
+        create() is both. Idempotent. Raises CgroupError."""
         ...
 
     def join_files(self) -> list[str]:

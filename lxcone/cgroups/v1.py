@@ -355,14 +355,18 @@ class V1Manager:
         return dirs
 
     def create(self) -> None:
-        for d in self._dirs():
-            base.mkdir_p(d)
-        for name, d in self._v1.items():
-            subsystem(name).create_hook(d)
+        self.create_unified()
+        self.create_v1()
 
     def create_unified(self) -> None:
         if self._unified is not None:
             base.mkdir_p(self._unified)
+
+    def create_v1(self) -> None:
+        for d in base.distinct(list(self._v1.values())):
+            base.mkdir_p(d)
+        for name, d in self._v1.items():
+            subsystem(name).create_hook(d)
 
     def join_files(self) -> list[str]:
         return [d + "/tasks" for d in base.distinct(list(self._v1.values()))]

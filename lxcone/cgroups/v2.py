@@ -257,6 +257,9 @@ class V2Manager:
     def create_unified(self) -> None:
         self.create()
 
+    def create_v1(self) -> None:
+        pass  # no v1 hierarchy
+
     def join_files(self) -> list[str]:
         return []
 

@@ -182,7 +182,7 @@ class Runtime:
             # While the monitor starts up and clones init (which waits for the go-ahead), on
             # another CPU: from this one the monitor would wait for us.
             with placement.off_current_cpu():
-                mgr.create()
+                mgr.create_v1()
                 mgr.set(spec.resources)
             # Nothing to plug: the go-ahead at once, in the same write.
             os.write(ctl_w, b"cgroups\n" if spec.nics else b"cgroups\ngo\n")

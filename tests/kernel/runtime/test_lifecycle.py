@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from lxcone.cgroups import Resources
+from lxcone.cgroups.convert import format_cpuset
 from lxcone.images.busybox import STOP_SIGNAL
 from lxcone.runtime import (
     ContainerExists,
@@ -225,20 +226,7 @@ def test_init_gets_the_runtimes_cpus_not_the_start_time_placement(runtime, busyb
     with open(f"/proc/{s.pid}/status") as f:
         allowed = next(line.split(":", 1)[1].strip() for line in f
                        if line.startswith("Cpus_allowed_list"))
-    assert allowed == _cpu_list(os.sched_getaffinity(0))
-
-
-def _cpu_list(cpus: set[int]) -> str:
-    """The kernel's list format for a set of CPUs: "0-3,6"."""
-    out, run = [], []
-    for c in sorted(cpus):
-        if run and c != run[-1] + 1:
-            out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-            run = []
-        run.append(c)
-    if run:
-        out.append(f"{run[0]}-{run[-1]}" if len(run) > 1 else str(run[0]))
-    return ",".join(out)
+    assert allowed == format_cpuset(os.sched_getaffinity(0))
 
 
 def test_container_survives_its_monitor_being_killed(runtime, busybox_rootfs):

@@ -94,8 +94,9 @@ def test_create_unified_makes_only_the_cgroup2_directory(
     assert [k for k, d in mgr.paths.items() if Path(d).exists()] == ["unified"]
     assert fk.writes == []
     mgr.create_unified()  # idempotent
-    mgr.create()  # and create() completes it
+    mgr.create_v1()  # and create_v1() makes the rest, as create() would
     assert all(Path(d).is_dir() for d in mgr.paths.values())
+    assert Path(mgr.paths["cpuset"], "cpuset.cpus").read_text().strip() == "0-3"
 
 
 def test_create_unified_on_pure_v1_makes_nothing(v1_tree: FakeTree, kernel: object) -> None:

@@ -64,12 +64,15 @@ def test_create_enables_controllers_in_every_ancestor_only(
 
 
 def test_create_unified_is_the_whole_create(v2_tree: FakeTree, kernel: object) -> None:
-    kernel(v2_tree)  # type: ignore[operator]
+    fk: FakeKernel = kernel(v2_tree)  # type: ignore[operator]
     mgr = _mgr(v2_tree)
     mgr.create_unified()
     leaf = Path(mgr.paths["unified"])
     assert (leaf / "memory.max").exists()  # born with the controllers, as create() makes it
     assert _sc(v2_tree.root / "lxcone-test" / "sub") == {"cpu", "memory", "pids", "io", "cpuset"}
+    n = len(fk.writes)
+    mgr.create_v1()  # nothing left to make: no second walk of the ancestors
+    assert fk.writes[n:] == []
 
 
 def test_create_enables_only_available_controllers(tmp_path: Path, kernel: object) -> None:
