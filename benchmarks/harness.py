@@ -6,7 +6,6 @@ it to prove the benchmarks still work); the figures from a quick run mean nothin
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 import re
@@ -15,6 +14,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import peers
@@ -69,6 +69,28 @@ def idle_host() -> None:
     """Setup tail for the start-idle group: leave the host quiet, do not prime (the cold path)."""
     peers.reap_orphans()
     time.sleep(IDLE_HOST_S)
+
+
+def bench(benchmark, target: Callable[[], object], setup: Callable[[], object] | None, n: int,
+          who: str, what: str, *, teardown: Callable[[], object] | None = None,
+          warmup: int = 1, idle: bool = False, **info: object) -> None:
+    """Time ``target`` for ``n`` rounds (``warmup`` untimed ones first); ``setup`` (+ settle)
+    before each round and ``teardown`` (the check of the state the step promised) after it are
+    untimed.
+
+    ``idle``: instead of settle(), leave the host quiet for 100 ms and do not prime the cgroup
+    write lock, so the step pays what a start on an idle host pays."""
+    benchmark.extra_info.update(who=who, what=what, **info)
+    tail = idle_host if idle else settle
+
+    def _setup() -> None:
+        if setup is not None:
+            setup()
+        tail()
+
+    benchmark.pedantic(target, setup=_setup, teardown=teardown, rounds=n, iterations=1,
+                       warmup_rounds=warmup)
+    record_tails(benchmark)
 
 
 def percentile(data: list[float], p: float) -> float:
@@ -186,9 +208,7 @@ class Ours:
         left = self.monitors()
         if left:
             problems.append(f"lxcone-monitor processes left: {left}")
-            peers.kill_all(left)
-            time.sleep(0.2)
-            peers.reap_orphans()
+            peers.kill_leftovers(left)
         for d in peers.cgroup_dirs(self.cgroup_parent):
             if peers.has_child_cgroups(d):
                 problems.append(f"cgroups left under {d}: {sorted(os.listdir(d))[:5]}")
@@ -293,17 +313,16 @@ class Driver:
 
     def warm_up(self, vm_id: int, stdin: bytes) -> None:
         """Untimed: one action (poll of a VM that has no container). With the agent, that action
-        starts it: wait until it answers on its socket (when lxcone.agent exists), then poll once
-        more through it."""
-        self.call("poll", f"one-{vm_id}", "node1", str(vm_id), "node1", stdin=stdin).check(None)
+        starts it: wait until it answers on its socket, then poll once more through it."""
+        poll = self.call("poll", f"one-{vm_id}", "node1", str(vm_id), "node1", stdin=stdin)
+        poll.check(None)
         if not self.agent:
             return
-        if importlib.util.find_spec("lxcone.agent") is not None:
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline and not self.agent_answers():
-                time.sleep(0.05)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not self.agent_answers():
+            time.sleep(0.05)
         self.agent_running = self.agent_answers()
-        self.call("poll", f"one-{vm_id}", "node1", str(vm_id), "node1", stdin=stdin).check(None)
+        poll.check(None)
 
     def stop_agent(self) -> list[str]:
         """``python -m lxcone.agent stop --config <cfg>``; then no agent process may be left."""
@@ -322,9 +341,8 @@ class Driver:
         left = self.agent_pids()
         if left:
             problems.append(f"agent processes left after stop: {left}")
-            peers.kill_all(left)
-            time.sleep(0.2)
-        peers.reap_orphans()
+            peers.kill_leftovers(left)
+        peers.reap_orphans()  # also an agent that exited on its own
         return problems
 
     def cleanup(self) -> list[str]:
@@ -347,10 +365,7 @@ class Driver:
         for m in reversed(peers.mounts_under(str(self.workdir))):
             problems.append(f"mount left: {m}")
             subprocess.run(["umount", "-l", m], check=False)
-        for _ in range(100):
-            if not peers.loops_backed_by(str(self.workdir)):
-                break
-            time.sleep(0.02)
-        if peers.loops_backed_by(str(self.workdir)):
-            problems.append(f"loop devices left: {peers.loops_backed_by(str(self.workdir))}")
+        loops = peers.wait_loops_freed(str(self.workdir))
+        if loops:
+            problems.append(f"loop devices left: {loops}")
         return problems

@@ -805,14 +805,12 @@ class LxcDriver:
             problems.append(f"hot-plugged veth {host_if} left in the bench netns")
             subprocess.run(["nsenter", f"--net={self.netns}", "ip", "link", "del", host_if],
                            check=False)
-        for _ in range(100):  # a busy loop device is freed when its last user goes
-            if not loops_backed_by(str(self.workdir)):
-                break
-            time.sleep(0.02)
-        if loops_backed_by(str(self.workdir)):
-            problems.append(f"loop devices left: {loops_backed_by(str(self.workdir))}")
-        if self.lxc.mounts_under(str(self.workdir)):
-            problems.append(f"mounts left: {self.lxc.mounts_under(str(self.workdir))}")
+        loops = wait_loops_freed(str(self.workdir))
+        if loops:
+            problems.append(f"loop devices left: {loops}")
+        mounts = self.lxc.mounts_under(str(self.workdir))
+        if mounts:
+            problems.append(f"mounts left: {mounts}")
         return problems
 
 
@@ -857,6 +855,24 @@ def kill_all(pids: Iterable[int]) -> None:
     for pid in pids:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
+
+
+def kill_leftovers(pids: Iterable[int]) -> None:
+    """Teardown: SIGKILL processes a check found left, give them a moment, reap our own."""
+    kill_all(pids)
+    time.sleep(0.2)
+    reap_orphans()
+
+
+def wait_loops_freed(prefix: str) -> list[str]:
+    """Wait up to 2 s for every loop device backed under ``prefix`` to be freed (a busy one is
+    freed when its last user goes); the ones still bound."""
+    for _ in range(100):
+        left = loops_backed_by(prefix)
+        if not left:
+            return []
+        time.sleep(0.02)
+    return loops_backed_by(prefix)
 
 
 def rm_tree(path: Path) -> None:

@@ -31,8 +31,9 @@ from pathlib import Path
 import harness
 import peers
 import pytest
-from harness import QUICK, record_tails, rounds, settle
+from harness import QUICK, bench, rounds
 
+from lxcone.testing.helpers import sh
 from lxcone.testing.vmxml import action_data, disk, nic, vm_xml
 
 R_DEPLOY = rounds(15)
@@ -89,35 +90,11 @@ def lxc_extra() -> str:
     from lxcone.driver.config import DriverConfig
 
     c = DriverConfig()
-    lim = expected_limits()
-    return (
-        "lxc.environment = CONSOLE=/dev/console\n"
-        "lxc.rootfs.options = idmap=container\n"
-        f"lxc.idmap = u 0 {c.id_map_host_uid} {c.id_map_size}\n"
-        f"lxc.idmap = g 0 {c.id_map_host_gid} {c.id_map_size}\n"
-        f"lxc.cgroup.memory.limit_in_bytes = {lim['memory.limit_in_bytes']}\n"
-        f"lxc.cgroup.memory.memsw.limit_in_bytes = {lim['memory.memsw.limit_in_bytes']}\n"
-        f"lxc.cgroup.cpu.cfs_period_us = {lim['cpu.cfs_period_us']}\n"
-        f"lxc.cgroup.cpu.cfs_quota_us = {lim['cpu.cfs_quota_us']}\n"
-        f"lxc.cgroup.cpu.shares = {lim['cpu.shares']}\n"
-        f"lxc.cgroup.cpuset.cpus = {lim['cpuset.cpus']}\n")
-
-
-def bench(benchmark, target: Callable[[], object], setup: Callable[[], object] | None,
-          teardown: Callable[[], object] | None, n: int, who: str, what: str,
-          warmup: int = 1, **info: object) -> None:
-    """Time ``target`` for ``n`` rounds; ``setup`` (+ settle) before and ``teardown`` (the check
-    of the state the step promised) after each round are untimed."""
-    benchmark.extra_info.update(who=who, what=what, **info)
-
-    def _setup() -> None:
-        if setup is not None:
-            setup()
-        settle()
-
-    benchmark.pedantic(target, setup=_setup, teardown=teardown, rounds=n, iterations=1,
-                       warmup_rounds=warmup)
-    record_tails(benchmark)
+    return ("lxc.environment = CONSOLE=/dev/console\n"
+            "lxc.rootfs.options = idmap=container\n"
+            f"lxc.idmap = u 0 {c.id_map_host_uid} {c.id_map_size}\n"
+            f"lxc.idmap = g 0 {c.id_map_host_gid} {c.id_map_size}\n"
+            + "".join(f"lxc.cgroup.{k} = {v}\n" for k, v in expected_limits().items()))
 
 
 def expect(call: peers.SshStream, stdout: bytes | None = b"",
@@ -231,8 +208,7 @@ class OursVm:
         assert st == "absent" and not held, f"{self.name}: {st}, disks still held: {held}"
 
     def guest(self, cmd: str) -> str:
-        r = self.drv.ours.rt.exec(self.name, ["/bin/sh", "-c", cmd])
-        return r.stdout.decode(errors="replace")
+        return sh(self.drv.ours.rt, self.name, cmd)  # a failed command fails the check
 
 
 def lxc_vm(lxd: peers.LxcDriver, bench_id: str, vm_id: int, image: str) -> peers.LxcDriverVm:
@@ -260,7 +236,7 @@ LXC_WHAT = "LXC 5.0 script through the same ssh stream, under one nsenter --net 
 @pytest.mark.benchmark(group="driver-floor")
 def test_driver_floor_ssh_true(benchmark):
     call = peers.SshStream(["/bin/true"], [], vm_doc(1))
-    bench(benchmark, expect(call, None), None, None, R_FLOOR, "harness",
+    bench(benchmark, expect(call, None), None, R_FLOOR, "harness",
           "ssh stream (bash -s, heredoc with the VM XML) into /bin/true: the transport floor "
           "of every row")
 
@@ -268,7 +244,7 @@ def test_driver_floor_ssh_true(benchmark):
 @pytest.mark.benchmark(group="driver-floor")
 def test_driver_floor_ssh_nsenter_true(benchmark, lxd):
     call = peers.SshStream([*lxd.prefix, "/bin/true"], [], vm_doc(1))
-    bench(benchmark, expect(call, None), None, None, R_FLOOR, "harness",
+    bench(benchmark, expect(call, None), None, R_FLOOR, "harness",
           "the same into nsenter --net --mount /bin/true: the floor of every LXC row")
 
 
@@ -277,7 +253,7 @@ def test_driver_floor_poll_lxcone(benchmark, drv):
     vm_id = OURS_BASE[drv.variant] + ABSENT
     call = drv.call("poll", f"one-{vm_id}", "node1", str(vm_id), "node1",
                     stdin=action_data(vm_doc(vm_id, f"one-{vm_id}")))
-    bench(benchmark, expect(call, b"STATE=d\n"), None, None, R_FLOOR, "lxcone",
+    bench(benchmark, expect(call, b"STATE=d\n"), None, R_FLOOR, "lxcone",
           f"poll of a VM without a container (XML parsed, config loaded, state looked up), "
           f"{how(drv)}", **ours_info(drv))
 
@@ -289,10 +265,10 @@ def test_driver_deploy_lxcone(benchmark, drv, driver_image):
     vm = OursVm(drv, OURS_BASE[drv.variant] + DEPLOY, driver_image)
     try:
         bench(benchmark, expect(vm.deploy, f"{vm.name}\n".encode()), vm.ensure_undeployed,
-              vm.check_running, R_DEPLOY, "lxcone",
+              R_DEPLOY, "lxcone",
               f"deploy: raw image loop-mounted, unprivileged container (idmapped rootfs), "
               f"veth on the bridge, memory + CPU limits, running at exit; {how(drv)}",
-              **ours_info(drv))
+              **ours_info(drv), teardown=vm.check_running)
         limits = peers.cgroup_limits(drv.ours.rt.state(vm.name).pid)
         benchmark.extra_info["limits"] = limits
         assert limits == expected_limits()
@@ -308,9 +284,10 @@ def test_driver_deploy_lxc(benchmark, lxd, bench_id, driver_image):
     try:
         bench(benchmark, expect(lxd.deploy(vm, stdin=vm_doc(LXC_BASE + DEPLOY)), None,
                                 lambda: lxd.log_tail(vm)),
-              lambda: lxd.ensure_undeployed(vm), lambda: lxc_running(lxd, vm), R_DEPLOY, "lxc",
+              lambda: lxd.ensure_undeployed(vm), R_DEPLOY, "lxc",
               f"{LXC_WHAT}: losetup -f --show + mount + lxc-start -d (returns once RUNNING), "
-              "unprivileged (idmapped rootfs), veth on the bridge, same limits")
+              "unprivileged (idmapped rootfs), veth on the bridge, same limits",
+              teardown=lambda: lxc_running(lxd, vm))
         limits = peers.cgroup_limits(lxd.lxc.init_pid(vm.name))
         benchmark.extra_info["limits"] = limits
         assert limits == expected_limits()
@@ -326,11 +303,11 @@ def test_driver_deploy_lxc(benchmark, lxd, bench_id, driver_image):
 def test_driver_cancel_lxcone(benchmark, drv, driver_image):
     vm = OursVm(drv, OURS_BASE[drv.variant] + CANCEL, driver_image)
     try:
-        bench(benchmark, expect(vm.cancel), vm.ensure_deployed, vm.check_released, R_STOP,
+        bench(benchmark, expect(vm.cancel), vm.ensure_deployed, R_STOP,
               "lxcone", "cancel: SIGKILL, wait until gone, cgroups removed, veth off the bridge "
               "(the kernel deletes it with the netns), record "
               f"deleted, rootfs unmounted and its loop device freed; {how(drv)}",
-              **ours_info(drv))
+              **ours_info(drv), teardown=vm.check_released)
     finally:
         vm.ensure_undeployed()
 
@@ -340,8 +317,9 @@ def test_driver_cancel_lxc(benchmark, lxd, bench_id, driver_image):
     vm = lxc_vm(lxd, bench_id, LXC_BASE + CANCEL, driver_image)
     try:
         bench(benchmark, expect(lxd.cancel(vm, stdin=vm_doc(LXC_BASE + CANCEL)), None),
-              lambda: lxd.ensure_deployed(vm), lambda: lxc_released(lxd, vm), R_STOP, "lxc",
-              f"{LXC_WHAT}: lxc-stop -k + umount + losetup -d")
+              lambda: lxd.ensure_deployed(vm), R_STOP, "lxc",
+              f"{LXC_WHAT}: lxc-stop -k + umount + losetup -d",
+              teardown=lambda: lxc_released(lxd, vm))
     finally:
         lxd.ensure_undeployed(vm)
 
@@ -352,10 +330,10 @@ def test_driver_cancel_lxc(benchmark, lxd, bench_id, driver_image):
 def test_driver_shutdown_lxcone(benchmark, drv, driver_image):
     vm = OursVm(drv, OURS_BASE[drv.variant] + SHUTDOWN, driver_image)
     try:
-        bench(benchmark, expect(vm.shutdown), vm.ensure_deployed, vm.check_released,
+        bench(benchmark, expect(vm.shutdown), vm.ensure_deployed,
               R_SHUTDOWN, "lxcone", "shutdown: SIGUSR2 to the guest's init, wait until it has "
               f"powered off, then release as cancel does; {how(drv)}", warmup=WARMUP_SHUTDOWN,
-              **ours_info(drv))
+              **ours_info(drv), teardown=vm.check_released)
     finally:
         vm.ensure_undeployed()
 
@@ -366,9 +344,10 @@ def test_driver_shutdown_lxc(benchmark, lxd, bench_id, driver_image):
     try:
         bench(benchmark, expect(lxd.shutdown(vm, harness.SHUTDOWN_TIMEOUT_S,
                                              stdin=vm_doc(LXC_BASE + SHUTDOWN)), None),
-              lambda: lxd.ensure_deployed(vm), lambda: lxc_released(lxd, vm), R_SHUTDOWN, "lxc",
+              lambda: lxd.ensure_deployed(vm), R_SHUTDOWN, "lxc",
               f"{LXC_WHAT}: lxc-stop --nokill (lxc.signal.halt = SIGUSR2, waits until stopped) "
-              "+ umount + losetup -d", warmup=WARMUP_SHUTDOWN)
+              "+ umount + losetup -d", warmup=WARMUP_SHUTDOWN,
+              teardown=lambda: lxc_released(lxd, vm))
     finally:
         lxd.ensure_undeployed(vm)
 
@@ -401,9 +380,9 @@ def test_driver_attach_nic_lxcone(benchmark, drv, driver_image):
             vm.detach_nic.check()
 
     try:
-        bench(benchmark, expect(vm.attach_nic), setup, lambda: _ours_check_attached(vm), R_NIC,
+        bench(benchmark, expect(vm.attach_nic), setup, R_NIC,
               "lxcone", "attach_nic: veth TARGET on the bridge, guest eth1 with MAC, address, "
-              f"up; {how(drv)}", **ours_info(drv))
+              f"up; {how(drv)}", **ours_info(drv), teardown=lambda: _ours_check_attached(vm))
     finally:
         vm.ensure_undeployed()
 
@@ -418,8 +397,9 @@ def test_driver_detach_nic_lxcone(benchmark, drv, driver_image):
             vm.attach_nic.check()
 
     try:
-        bench(benchmark, expect(vm.detach_nic), setup, lambda: _ours_check_detached(vm), R_NIC,
-              "lxcone", f"detach_nic (by MAC): the veth removed; {how(drv)}", **ours_info(drv))
+        bench(benchmark, expect(vm.detach_nic), setup, R_NIC,
+              "lxcone", f"detach_nic (by MAC): the veth removed; {how(drv)}", **ours_info(drv),
+              teardown=lambda: _ours_check_detached(vm))
     finally:
         vm.ensure_undeployed()
 
@@ -459,10 +439,10 @@ def test_driver_attach_nic_lxc(benchmark, lxd, bench_id, driver_image):
             detach.check()
 
     try:
-        bench(benchmark, expect(attach, None), setup, check_attached, R_NIC, "lxc",
+        bench(benchmark, expect(attach, None), setup, R_NIC, "lxc",
               f"{LXC_WHAT}: lxc-info -p + ip link add (veth: host end up on the bridge, "
               "guest end eth1 with the MAC created in the container's netns) + lxc-attach "
-              "(ip addr add, ip link set up)")
+              "(ip addr add, ip link set up)", teardown=check_attached)
     finally:
         if present():
             detach.check()
@@ -479,8 +459,8 @@ def test_driver_detach_nic_lxc(benchmark, lxd, bench_id, driver_image):
             attach.check()
 
     try:
-        bench(benchmark, expect(detach, None), setup, check_detached, R_NIC, "lxc",
-              f"{LXC_WHAT}: ip link del of the host end")
+        bench(benchmark, expect(detach, None), setup, R_NIC, "lxc",
+              f"{LXC_WHAT}: ip link del of the host end", teardown=check_detached)
     finally:
         if present():
             detach.check()

@@ -12,12 +12,11 @@ agent calls) and, separately, through the ``lxcone`` CLI with interpreter start-
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import harness
 import pytest
-from harness import idle_host, record_tails, rounds, settle
+from harness import bench, rounds
 
 LXCONE_CLI = str(Path(sys.executable).with_name("lxcone"))
 
@@ -27,24 +26,6 @@ R_KILL = rounds(25)
 R_FREEZE_OURS = rounds(120, quick=5)
 R_FREEZE_PEER = rounds(30)
 R_BASE = rounds(30)
-
-
-def bench(benchmark, target: Callable[[], object], setup: Callable[[], object] | None,
-          n: int, who: str, what: str, idle: bool = False, **info: object) -> None:
-    """Time ``target`` for ``n`` rounds, running ``setup`` (+ settle) untimed before each.
-
-    ``idle``: instead of settle(), leave the host quiet for 100 ms and do not prime the cgroup
-    write lock, so the step pays what a start on an idle host pays."""
-    benchmark.extra_info.update(who=who, what=what, **info)
-    tail = idle_host if idle else settle
-
-    def _setup() -> None:
-        if setup is not None:
-            setup()
-        tail()
-
-    benchmark.pedantic(target, setup=_setup, rounds=n, iterations=1, warmup_rounds=1)
-    record_tails(benchmark)
 
 
 def cli_argv(ours: harness.Ours, *args: str) -> list[str]:
