@@ -2,17 +2,19 @@
 
 The guest owns its tree: any component may be a symlink planted to make root write elsewhere
 on the host. Every directory is opened with O_NOFOLLOW from the rootfs down, the file is written
-under a temporary name in its directory and renamed over the old one (lxcone.atomicfile), and
-a symlink in the last place is left alone (a guest that links /etc/resolv.conf to a resolver
-of its own manages DNS itself).
+under a temporary name in its directory and renamed over the old one, and a symlink in the last
+place is left alone (a guest that links /etc/resolv.conf to a resolver of its own manages DNS
+itself). Not lxcone.atomicfile.write_atomic: its temp name is opened without O_EXCL, and here the
+guest can plant a FIFO (root would block forever) or a device node there.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 
-from lxcone.atomicfile import write_atomic
+from lxcone.atomicfile import write_all
 
 
 def write_file(rootfs: str, relpath: str, data: bytes, mode: int = 0o644) -> bool:
@@ -38,17 +40,27 @@ def write_file(rootfs: str, relpath: str, data: bytes, mode: int = 0o644) -> boo
                               os.path.join(rootfs, *dirs[:i + 1])) from None
             os.close(fd)
             fd = nfd
-        # Through the directory fd, the last component is the only one resolved: the temp
-        # file is opened O_NOFOLLOW and the rename replaces whatever name is there.
-        here = f"/proc/self/fd/{fd}/{name}"
-        if os.path.islink(here):
+        if os.path.islink(f"/proc/self/fd/{fd}/{name}"):
             return False
+        tmp = f".{name}.lxcone-{os.getpid()}"
         try:
-            write_atomic(here, data, mode)
+            out = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                          mode, dir_fd=fd)
         except OSError as exc:
             if exc.errno == errno.EROFS:
                 return False
             raise OSError(exc.errno, exc.strerror, os.path.join(rootfs, relpath)) from None
+        try:
+            try:
+                write_all(out, data)
+                os.fchmod(out, mode)
+            finally:
+                os.close(out)
+            os.rename(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp, dir_fd=fd)
+            raise
         return True
     finally:
         os.close(fd)
