@@ -9,6 +9,7 @@ Every failing call raises ``OSError(errno, strerror, path)`` (so ``FileNotFoundE
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from collections.abc import Sequence
@@ -269,6 +270,9 @@ def attach(pid: int, argv: Sequence[str], env: Sequence[str], *, cgroup_dir: str
             MONITOR, ["lxcone-monitor", "--attach", str(pid), cgroup_dir or "", cwd, str(uid),
                       str(gid), str(len(join)), *join, str(len(env)), *env, *argv],
             {}, file_actions=actions)
+    except BaseException:
+        os.close(r)
+        raise
     finally:
         os.close(w)
     try:
@@ -292,14 +296,8 @@ def attach(pid: int, argv: Sequence[str], env: Sequence[str], *, cgroup_dir: str
 
 
 def _reap(pid: int) -> None:
-    while True:
-        try:
-            os.waitpid(pid, 0)
-            return
-        except InterruptedError:
-            continue
-        except ChildProcessError:
-            return
+    with contextlib.suppress(ChildProcessError):  # EINTR is retried by Python (PEP 475)
+        os.waitpid(pid, 0)
 
 
 # --- storage: loop devices, BLKPG partitions, reflinks (csrc/storage.h) -------------------------

@@ -10,6 +10,7 @@
 #define _GNU_SOURCE
 #endif
 #include "attach.h"
+#include "container.h"
 #include "syscalls.h"
 
 #include <errno.h>
@@ -18,8 +19,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
 #include <sys/stat.h>
-#include <sys/wait.h>
 
 static const struct {
     const char *name;
@@ -70,7 +71,10 @@ static void exec_in_path(char *const *argv, char *const *envp)
     errno = saved;
 }
 
-int lxcone_attach_run(struct lxcone_attach *a)
+/* Returns the pid of the command, or -errno with a->err naming the failing call. The command
+ * and the joining child are children of the caller's parent (CLONE_PARENT): run from
+ * `lxcone-monitor --attach`, whose parent reaps them. */
+static int attach_run(struct lxcone_attach *a)
 {
     a->mid = a->cmd = -1;
     int nsfd[N_NS], errpipe[2], pidpipe[2];
@@ -98,8 +102,14 @@ int lxcone_attach_run(struct lxcone_attach *a)
         }
         nsfd[i] = fd;
     }
-    int procfd[17], cgfd = -1;
-    int n_procs = a->n_join < 16 ? a->n_join : 16;
+    int procfd[LXCONE_MAX_CGROUPS + 1], cgfd = -1;
+    int n_procs = 0;
+    if (a->n_join > LXCONE_MAX_CGROUPS) {
+        ret = -E2BIG;
+        snprintf(a->err, sizeof(a->err), "join %d cgroups", a->n_join);
+        goto out;
+    }
+    n_procs = a->n_join;
     for (int i = 0; i < n_procs; i++) {
         procfd[i] = open(a->join[i], O_WRONLY | O_CLOEXEC);
         if (procfd[i] < 0) {
@@ -122,7 +132,7 @@ int lxcone_attach_run(struct lxcone_attach *a)
         snprintf(a->err, sizeof(a->err), "pipe2");
         goto out_procs;
     }
-    /* Born in the v2 cgroup; the v1 ones are joined by the helper itself (lxcone_join_cgroups
+    /* Born in the v2 cgroup; the v1 ones are joined by the middle child (lxcone_join_cgroups
      * in container.h says why "0" to "tasks"). */
     struct lxcone_clone_args args = {.flags = CLONE_PARENT};
     if (cgfd >= 0) {
@@ -131,12 +141,21 @@ int lxcone_attach_run(struct lxcone_attach *a)
     }
     pid_t mid = (pid_t)lxcone_clone3(&args);
     if (mid < 0 && cgfd >= 0) {
-        /* No CLONE_INTO_CGROUP here (kernel < 5.7): the v2 cgroup.procs like a v1 file. */
-        char path[4096];
-        snprintf(path, sizeof(path), "%s/cgroup.procs", a->cgroup_dir);
-        procfd[n_procs] = open(path, O_WRONLY | O_CLOEXEC);
-        if (procfd[n_procs] >= 0)
-            n_procs++;
+        /* No CLONE_INTO_CGROUP here (kernel < 5.7): the v2 cgroup.procs like a v1 file. Not
+         * joinable either: fail, rather than run the command outside the container's cgroup. */
+        char procs[4096];
+        snprintf(procs, sizeof(procs), "%s/cgroup.procs", a->cgroup_dir);
+        procfd[n_procs] = open(procs, O_WRONLY | O_CLOEXEC);
+        if (procfd[n_procs] < 0) {
+            ret = -errno;
+            snprintf(a->err, sizeof(a->err), "open %.240s", procs);
+            close(errpipe[0]);
+            close(errpipe[1]);
+            close(pidpipe[0]);
+            close(pidpipe[1]);
+            goto out_procs;
+        }
+        n_procs++;
         args.flags = CLONE_PARENT;
         args.cgroup = 0;
         mid = (pid_t)lxcone_clone3(&args);
@@ -153,13 +172,13 @@ int lxcone_attach_run(struct lxcone_attach *a)
     if (mid == 0) {
         close(errpipe[0]);
         close(pidpipe[0]);
-        for (int i = 0; i < n_procs; i++)
-            if (write(procfd[i], "0", 1) != 1)
-                report(errpipe[1], errno, "join cgroup");
+        int failed;
+        if (lxcone_join_cgroups(procfd, n_procs, &failed) < 0)
+            report(errpipe[1], errno, "join cgroup");
         for (int i = 0; i < N_NS; i++)
             if (nsfd[i] >= 0 && setns(nsfd[i], ns_order[i].type) < 0)
                 report(errpipe[1], errno, ns_order[i].name);
-        if (chdir(a->cwd ? a->cwd : "/") < 0)
+        if (chdir(a->cwd) < 0)
             report(errpipe[1], errno, "chdir");
         if (nsfd[N_NS - 1] >= 0 || a->uid || a->gid) {
             if (setgroups(0, NULL) < 0)
@@ -174,14 +193,7 @@ int lxcone_attach_run(struct lxcone_attach *a)
         if (cmd < 0)
             report(errpipe[1], errno, "clone3");
         if (cmd == 0) {
-            int fds[3] = {a->stdin_fd, a->stdout_fd, a->stderr_fd};
-            /* dup up first so a low source fd is not clobbered by an earlier dup2 */
-            for (int i = 0; i < 3; i++)
-                if (fds[i] >= 0 && fds[i] < 3 && fds[i] != i)
-                    fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 3);
-            for (int i = 0; i < 3; i++)
-                if (fds[i] >= 0 && fds[i] != i && dup2(fds[i], i) < 0)
-                    report(errpipe[1], errno, "dup2");
+            /* Its stdio is ours: the caller's posix_spawn put the command's on fds 0-2. */
             sigset_t none;
             sigemptyset(&none);
             sigprocmask(SIG_SETMASK, &none, NULL);
@@ -236,10 +248,13 @@ out:
  * "<0 or -errno> <middle pid> <command pid> <failed step>\n" (CGROUP_DIR "" for none). */
 int lxcone_attach_main(int argc, char **argv)
 {
-    struct lxcone_attach a = {.stdin_fd = -1, .stdout_fd = -1, .stderr_fd = -1};
+    struct lxcone_attach a = {0};
     int i = 2;
     if (argc < 10 || fcntl(3, F_SETFD, FD_CLOEXEC) < 0)
         return 2;
+    /* Not "lxcone-monitor": a resident agent reaps zombies by that name (agent/server.py), and
+     * this helper and its middle child are reaped by the caller, by pid. */
+    prctl(PR_SET_NAME, "lxcone-attach", 0, 0, 0);
     a.pid = atoi(argv[i++]);
     a.cgroup_dir = *argv[i] ? argv[i] : NULL;
     i++;
@@ -261,7 +276,7 @@ int lxcone_attach_main(int argc, char **argv)
     memcpy(envp, argv + i, sizeof(char *) * (size_t)n_env);
     a.envp = envp;
     a.argv = argv + i + n_env;
-    int ret = lxcone_attach_run(&a);
+    int ret = attach_run(&a);
     dprintf(3, "%d %d %d %s\n", ret < 0 ? ret : 0, a.mid, a.cmd, ret < 0 ? a.err : "-");
     return 0;
 }

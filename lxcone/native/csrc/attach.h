@@ -5,22 +5,16 @@
 struct lxcone_attach {
     int pid;                  /* the container's init, as seen from the caller */
     const char *cgroup_dir;   /* v2 cgroup, entered with clone3(CLONE_INTO_CGROUP), or NULL */
-    const char *const *join;  /* v1 "tasks" files the helper writes "0" to (container.h) */
+    const char *const *join;  /* v1 "tasks" files the middle child writes "0" to (container.h) */
     int n_join;
     char *const *argv;        /* argv[0] is looked up in PATH from envp if it has no slash */
     char *const *envp;
     const char *cwd;
     int uid, gid;             /* inside the container */
-    int stdin_fd, stdout_fd, stderr_fd;
     char err[256];            /* on failure: "<call> <path>" */
     int mid, cmd;             /* out: the joining child and the command, both children of the
                                * helper's parent (CLONE_PARENT), -1 if not created */
 };
-
-/* Returns the pid of the command, or -errno with a->err naming the failing call. The command
- * and the joining child are children of the caller's parent (CLONE_PARENT): run from
- * `lxcone-monitor --attach`, whose parent reaps them. */
-int lxcone_attach_run(struct lxcone_attach *a);
 
 /* The `lxcone-monitor --attach ...` entry point (argv layout in attach.c). */
 int lxcone_attach_main(int argc, char **argv);

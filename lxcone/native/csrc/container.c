@@ -89,15 +89,24 @@ static void ensure_file(int rootfd, const char *rel)
     make_path(rootfd, rel, 0);
 }
 
-/* mount(2) onto the inode open on fd (the runc way: the magic link /proc/self/fd/N names exactly
- * that inode, so nothing can be swapped in between). */
-static void mount_on_fd(int fd, const char *rel, const char *src, const char *type,
-                        unsigned long flags, const char *data)
+/* The magic link /proc/self/fd/N, which names exactly the inode open on fd (the runc way: a
+ * mount through it cannot be redirected by a path swapped in between). */
+static const char *fd_path(int fd, char buf[32])
 {
-    char target[64];
-    snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
-    if (mount(src, target, type, flags, data) < 0)
-        fail(type ? type : "mount --bind", rel);
+    snprintf(buf, 32, "/proc/self/fd/%d", fd);
+    return buf;
+}
+
+/* mount(2) onto the inode open on fd; SELF as src binds it onto itself. Fails naming ``call``
+ * (the type, or "mount --bind", when NULL) and ``rel``. */
+#define SELF ((const char *)-1)
+static void mount_on_fd(int fd, const char *call, const char *rel, const char *src,
+                        const char *type, unsigned long flags, const char *data)
+{
+    char target[32];
+    fd_path(fd, target);
+    if (mount(src == SELF ? target : src, target, type, flags, data) < 0)
+        fail(call ? call : type ? type : "mount --bind", rel);
 }
 
 /* mount(2) onto a target inside the root, opened with RESOLVE_IN_ROOT. */
@@ -107,33 +116,34 @@ static void mount_at(int rootfd, const char *rel, const char *src, const char *t
     int fd = lxcone_open_in_root(rootfd, rel, O_PATH);
     if (fd < 0)
         fail("open", rel);
-    mount_on_fd(fd, rel, src, type, flags, data);
+    mount_on_fd(fd, NULL, rel, src, type, flags, data);
+    close(fd);
+}
+
+/* Remounts the bind at ``rel`` read-only (opened anew: an older fd names the mount underneath),
+ * repeating ``locked``: in a user namespace a remount must keep the locked flags (nosuid, nodev,
+ * noexec) of the mount it came from, or the kernel refuses it with EPERM. */
+static void remount_ro_at(int rootfd, const char *rel, unsigned long locked)
+{
+    int fd = lxcone_open_in_root(rootfd, rel, O_PATH);
+    if (fd < 0)
+        fail("open", rel);
+    mount_on_fd(fd, "mount -o remount,ro", rel, NULL, NULL,
+                MS_BIND | MS_REMOUNT | MS_RDONLY | locked, NULL);
     close(fd);
 }
 
 static void bind_ro(int rootfd, const char *rel, unsigned long locked)
 {
-    char target[64];
     int fd = lxcone_open_in_root(rootfd, rel, O_PATH);
     if (fd < 0) {
         if (errno == ENOENT)
             return; /* masking something the kernel does not have is fine */
         fail("open", rel);
     }
-    snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
-    if (mount(target, target, NULL, MS_BIND | MS_REC, NULL) < 0)
-        fail("mount --bind", rel);
-    /* The fd still names the mount underneath; the remount must reach the new bind. */
+    mount_on_fd(fd, NULL, rel, SELF, NULL, MS_BIND | MS_REC, NULL);
     close(fd);
-    fd = lxcone_open_in_root(rootfd, rel, O_PATH);
-    if (fd < 0)
-        fail("open", rel);
-    snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
-    /* In a user namespace a remount must repeat the locked flags (nosuid, nodev, noexec) of the
-     * mount it came from, or the kernel refuses it with EPERM. */
-    if (mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY | locked, NULL) < 0)
-        fail("mount -o remount,ro", rel);
-    close(fd);
+    remount_ro_at(rootfd, rel, locked);
 }
 
 /* runc's masked paths: kernel interfaces that leak host data or let a container poke the host. */
@@ -149,21 +159,15 @@ static void mask_paths(int rootfd)
         int fd = lxcone_open_in_root(rootfd, *p, O_PATH);
         if (fd < 0)
             continue;
-        char target[64];
-        snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
-        if (mount("/dev/null", target, NULL, MS_BIND, NULL) < 0)
-            fail("mount --bind /dev/null", *p);
+        mount_on_fd(fd, "mount --bind /dev/null", *p, "/dev/null", NULL, MS_BIND, NULL);
         close(fd);
     }
     for (const char **p = masked_dirs; *p; p++) {
         int fd = lxcone_open_in_root(rootfd, *p, O_PATH | O_DIRECTORY);
         if (fd < 0)
             continue;
-        char target[64];
-        snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
-        if (mount("tmpfs", target, "tmpfs", MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC,
-                  "size=0") < 0)
-            fail("mount tmpfs (mask)", *p);
+        mount_on_fd(fd, "mount tmpfs (mask)", *p, "tmpfs", "tmpfs",
+                    MS_RDONLY | MS_NOSUID | MS_NODEV | MS_NOEXEC, "size=0");
         close(fd);
     }
 }
@@ -199,20 +203,20 @@ static void setup_dev(int rootfd, const char *console_path)
     for (const char **n = dev_nodes; *n; n++) {
         snprintf(src, sizeof(src), "/dev/%s", *n);
         int fd = make_in_dev(devfd, *n, 0);
-        mount_on_fd(fd, src + 1, src, NULL, MS_BIND, NULL);
+        mount_on_fd(fd, NULL, src + 1, src, NULL, MS_BIND, NULL);
         close(fd);
     }
     /* By path: the fd we were sent belongs to the monitor's mount namespace, and bind mounts
      * from another namespace's mount fail with EINVAL; our copy of /dev/pts has the same pty. */
     int fd = make_in_dev(devfd, "console", 0);
-    mount_on_fd(fd, "dev/console", console_path, NULL, MS_BIND, NULL);
+    mount_on_fd(fd, NULL, "dev/console", console_path, NULL, MS_BIND, NULL);
     close(fd);
     fd = make_in_dev(devfd, "pts", 1);
-    mount_on_fd(fd, "dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
+    mount_on_fd(fd, NULL, "dev/pts", "devpts", "devpts", MS_NOSUID | MS_NOEXEC,
                 "newinstance,ptmxmode=0666,mode=0620,gid=5");
     close(fd);
     fd = make_in_dev(devfd, "shm", 1);
-    mount_on_fd(fd, "dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+    mount_on_fd(fd, NULL, "dev/shm", "shm", "tmpfs", MS_NOSUID | MS_NODEV | MS_NOEXEC,
                 "mode=1777,size=65536k");
     close(fd);
     if (mkdirat(devfd, "mqueue", 0755) < 0 && errno != EEXIST)
@@ -237,10 +241,7 @@ static void setup_proc_sys(int rootfd)
      * read-only bind below copies this one as it is and remounts only its own top. */
     int fd = lxcone_open_in_root(rootfd, "proc/sys/net", O_PATH);
     if (fd >= 0) {
-        char target[64];
-        snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
-        if (mount(target, target, NULL, MS_BIND, NULL) < 0)
-            fail("mount --bind", "proc/sys/net");
+        mount_on_fd(fd, NULL, "proc/sys/net", SELF, NULL, MS_BIND, NULL);
         close(fd);
     }
     bind_ro(rootfd, "proc/sys", locked);
@@ -268,16 +269,8 @@ static void setup_binds(const struct lxcone_ct *ct, int rootfd, const struct lxc
         if (lxcone_move_mount(fds->binds[i], "", fd, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0)
             fail("move_mount", b->target);
         close(fd);
-        if (b->readonly) {
-            fd = lxcone_open_in_root(rootfd, b->target, O_PATH);
-            if (fd < 0)
-                fail("open", b->target);
-            char target[64];
-            snprintf(target, sizeof(target), "/proc/self/fd/%d", fd);
-            if (mount(NULL, target, NULL, MS_BIND | MS_REMOUNT | MS_RDONLY, NULL) < 0)
-                fail("mount -o remount,ro", b->target);
-            close(fd);
-        }
+        if (b->readonly)
+            remount_ro_at(rootfd, b->target, 0);
     }
 }
 

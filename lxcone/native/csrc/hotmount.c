@@ -3,9 +3,9 @@
  * Joining a mount (or user) namespace is refused to a multithreaded process (setns(2)), and the
  * caller may be the resident agent with its threads, so a fresh single-threaded child does the
  * setns, the mkdir -p and the move_mount, and reports back over a pipe; the caller never changes.
- * The child shares the caller's memory (hm_run says why), so, as in attach.c, only raw syscalls
- * run in it: no malloc, no stdio, no glibc set*id (its all-threads broadcast would walk the
- * parent's thread list, and may wait on a lock one of those threads held at the clone).
+ * The child shares the caller's memory (hm_run says why), so only raw syscalls run in it: no
+ * malloc, no stdio, no glibc set*id (its all-threads broadcast would walk the parent's thread
+ * list, and may wait on a lock one of those threads held at the clone).
  *
  * The child joins the container's mount namespace and, for an unprivileged container, its user
  * namespace as uid/gid 0 there: it then creates directories exactly as the container's root would
@@ -27,7 +27,6 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sched.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/wait.h>

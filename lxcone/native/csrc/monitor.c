@@ -48,12 +48,15 @@ static int userns_fd = -1, netns_fd = -1;
 static int console_master = -1, console_slave = -1;
 static pid_t pending_child = -1; /* cloned but not yet running: killed if start-up fails */
 
+static void discard_init_file(void);
+
 static void die(const char *call, const char *path)
 {
     int err = errno;
     if (pending_child > 0) {
         kill(pending_child, SIGKILL);
         waitpid(pending_child, NULL, 0);
+        discard_init_file(); /* if one was prepared for it */
     }
     if (status_fd >= 0)
         dprintf(status_fd, "error %d %s %s\n", err, call, path ? path : "-");
@@ -366,6 +369,17 @@ static int read_msg(const char *want)
     return memcmp(buf, want, len) == 0 ? 0 : -1;
 }
 
+/* The child's report, read until it closes its end (exec or exit); its length, 0 for none. */
+static size_t read_report(int sock, char *err, size_t errlen)
+{
+    ssize_t n;
+    size_t used = 0;
+    while ((n = read(sock, err + used, errlen - 1 - used)) > 0)
+        used += (size_t)n;
+    err[used] = 0;
+    return used;
+}
+
 /* Waits for the runtime's "go" (its NICs are plugged) while the child sets up. 0: go; -1: the
  * child failed or died first (err says so), or the runtime aborted (err empty). */
 static int await_runtime(int sock, char *err, size_t errlen)
@@ -377,11 +391,7 @@ static int await_runtime(int sock, char *err, size_t errlen)
             die("poll", "start");
     if (p[1].revents) {
         /* Before its last word the child only writes to report a failure, then exits. */
-        ssize_t n, used = 0;
-        while ((n = read(sock, err + used, errlen - 1 - (size_t)used)) > 0)
-            used += n;
-        err[used] = 0;
-        if (used == 0) /* EOF: it died (it cannot have exec'd before our "x") */
+        if (read_report(sock, err, errlen) == 0) /* EOF: it died (no exec before our "x") */
             snprintf(err, errlen, "error %d %s %s\n", ECHILD, "setup (child died)", ct.name);
         return -1;
     }
@@ -406,24 +416,18 @@ static int release_child(pid_t pid, int sock, int runtime, char *err, size_t err
     for (int i = 0; i < ct.n_binds; i++)
         close(fds.binds[i]);
     prepare_init_file(pid);
-    ssize_t n, used = 0;
     err[0] = 0;
-    if (runtime && await_runtime(sock, err, errlen) < 0)
-        goto failed;
-    /* A child that died meanwhile closed its end: the EOF below tells. */
-    if (send(sock, "x", 1, MSG_NOSIGNAL) < 0 && errno != EPIPE && errno != ECONNRESET)
-        die("send", "exec");
-    while ((n = read(sock, err + used, errlen - 1 - (size_t)used)) > 0)
-        used += n;
-    err[used] = 0;
-    if (used == 0) {
-        close(sock);
-        return 0;
+    int failed = runtime && await_runtime(sock, err, errlen) < 0;
+    if (!failed) {
+        /* A child that died meanwhile closed its end: the EOF below tells. */
+        if (send(sock, "x", 1, MSG_NOSIGNAL) < 0 && errno != EPIPE && errno != ECONNRESET)
+            die("send", "exec");
+        failed = read_report(sock, err, errlen) > 0;
     }
-failed:
     close(sock);
-    discard_init_file();
-    return -1;
+    if (failed)
+        discard_init_file();
+    return failed ? -1 : 0;
 }
 
 static pid_t clone_first(int *sock_out)
@@ -470,12 +474,9 @@ static pid_t clone_again(int *sock_out)
         die("clone3", ct.name);
     if (mid == 0) {
         char buf[32];
-        int cg;
         close(sv[0]);
         close(pp[0]);
-        /* Enter the cgroups while still host root; init inherits them. */
-        if (lxcone_join_cgroups(ct.cgroup_join_fd, ct.n_cgroup_join, &cg) < 0)
-            _exit(2);
+        /* Born in the v2 cgroup; init joins the v1 ones itself, as on a first start. */
         /* Without the container's netns, never let init run on in the host's. */
         if ((ct.ns_flags & CLONE_NEWNET) && (netns_fd < 0 || setns(netns_fd, CLONE_NEWNET) < 0))
             _exit(3);

@@ -435,7 +435,8 @@ def test_console_can_be_attached_later_and_is_interactive(runtime, busybox_rootf
 
 
 def zombie_monitor_children() -> list[int]:
-    """Our own children that are lxcone-monitor zombies (the runtime must reap them)."""
+    """Our own children that are zombies of lxcone-monitor, as a monitor or as the exec helper
+    (which renames itself lxcone-attach): the runtime must reap them."""
     me = str(os.getpid())
     found = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
@@ -444,7 +445,7 @@ def zombie_monitor_children() -> list[int]:
         except OSError:
             continue
         rest = stat.rsplit(") ", 1)[1].split()
-        if "(lxcone-monitor)" in stat and rest[0] == "Z" and rest[1] == me:
+        if ("(lxcone-monitor)" in stat or "(lxcone-attach)" in stat) and rest[:2] == ["Z", me]:
             found.append(int(pid))
     return found
 
