@@ -126,7 +126,8 @@ METRICS: tuple[MetricDef, ...] = (
     MetricDef(PREFIX + "node_containers", "gauge", "Containers in the run dir, by state.", "",
               ("state",), "run dir", per_container=False),
     MetricDef(PREFIX + "exporter_scrape_duration_seconds", "gauge", "Time this scrape spent "
-              "reading the run dir, cgroups and /proc.", "seconds", (), "exporter",
+              "reading the run dir, cgroups and /proc, and rendering the rows read meanwhile.",
+              "seconds", (), "exporter",
               per_container=False),
     MetricDef(PREFIX + "exporter_scrape_success", "gauge", "0 if the run dir could not be "
               "listed (containers are then missing from this scrape), else 1.", "", (),

@@ -33,17 +33,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from lxcone.atomicfile import write_all
+from lxcone.monitor.config import CONFIG_IN_REMOTES
 
 DEFAULT_PREFIX = "/var/lib/one/remotes"
 DEFAULT_USER = "oneadmin"
 DEFAULT_SUDOERS = "/etc/sudoers.d/lxcone"
 DEFAULT_SYSTEMD_DIR = "/etc/systemd/system"
 # Where OpenNebula puts the remotes on a host (SCRIPTS_REMOTE_DIR), hence the driver's config.
-DEFAULT_HOST_CONFIG = "/var/tmp/one/etc/vmm/lxcone/lxcone.toml"
+DEFAULT_HOST_CONFIG = "/var/tmp/one/" + CONFIG_IN_REMOTES
 
 # The parts of remotes/ that belong to the driver; nothing else of the prefix is touched.
 ROOTS = ("vmm/lxcone", "im/lxcone.d", "im/lxcone-probes.d", "etc/vmm/lxcone")
-CONFIG = "etc/vmm/lxcone/lxcone.toml"
+CONFIG = CONFIG_IN_REMOTES
 CONFIG_NEW = CONFIG + ".new"
 PYTHON_FILE = "etc/vmm/lxcone/python"
 CLIENT_FILE = "etc/vmm/lxcone/client"

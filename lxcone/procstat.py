@@ -42,8 +42,7 @@ def live_starttime(pid: int) -> int | None:
 
 def alive(pid: int, starttime: int) -> bool:
     """True if this very process (not a recycled pid) still runs and is not a zombie."""
-    st = live_starttime(pid)
-    return st is not None and st == starttime
+    return live_starttime(pid) == starttime
 
 
 def receives(pid: int, sig: int) -> bool | None:
@@ -60,7 +59,9 @@ def receives(pid: int, sig: int) -> bool | None:
             fields = dict(line.split(b":", 1) for line in f if b":" in line)
         with open(f"/proc/{pid}/wchan", "rb") as f:
             waiting = b"sigtimedwait" in f.read()
-    except FileNotFoundError:
-        return None
+    except OSError as e:
+        if e.errno in _GONE:
+            return None
+        raise
     masks = int(fields.get(b"SigBlk", b"0"), 16) | int(fields.get(b"SigCgt", b"0"), 16)
     return bool(masks & 1 << (sig - 1)) or waiting

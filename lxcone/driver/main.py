@@ -56,9 +56,7 @@ def vm_lock(run_dir: str, vm_id: int) -> contextlib.AbstractContextManager[None]
     """One action per VM at a time, whether it runs in the agent or in its own process:
     oned serialises a VM's actions, but a retry after a timeout, or an operator running an
     action by hand, must not interleave with a running one."""
-    locks = os.path.join(run_dir, ".locks")
-    os.makedirs(locks, mode=0o700, exist_ok=True)
-    return flock(os.path.join(locks, f"one-{vm_id}"), create=True)
+    return flock(os.path.join(run_dir, ".locks", f"one-{vm_id}"), create=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

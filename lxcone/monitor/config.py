@@ -88,21 +88,13 @@ def read_config(path: str) -> dict:
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise ConfigError(f"{path}: not a regular file")
-        chunks = []
-        size = 0
-        while True:
-            chunk = os.read(fd, 65536)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_CONFIG_BYTES:
-                raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
+        data = os.read(fd, MAX_CONFIG_BYTES + 1)  # a regular file: one read gets it all
+        if len(data) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes")
     except OSError as e:
         raise ConfigError(f"cannot read {path}: {e.strerror or e}") from None
     finally:
         os.close(fd)
-    data = b"".join(chunks)
     values = scan_toml(data)
     if values is not None:
         return values

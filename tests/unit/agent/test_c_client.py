@@ -283,14 +283,9 @@ def test_the_python_client_takes_an_agent_reset_during_a_large_stdin_as_nothing_
     # The agent of another version reads the magic only: a 5 MiB request is still being sent
     # when it resets it, and that send fails with EPIPE, not ECONNRESET. Nothing ran either
     # way: ask_agent says so (None), and the caller runs the action itself.
-    import importlib.machinery
-    import importlib.util
+    from lxcone.testing.helpers import load_python_client
 
-    loader = importlib.machinery.SourceFileLoader("lxcone_client_copy",
-                                                  str(tree.vmm / "lxcone-client"))
-    spec = importlib.util.spec_from_loader("lxcone_client_copy", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
+    mod = load_python_client("lxcone_client_copy")  # the tree's file is a copy of it
     agent("reset")
     sock = str(tree.run / "agent.sock")
     assert mod.ask_agent(sock, [b"cfg", b"deploy", b"x" * (5 << 20)]) is None
